@@ -1,0 +1,1 @@
+"""GSA-Net in JAX/Flax."""

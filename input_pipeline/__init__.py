@@ -1,0 +1,1 @@
+"""tf.data input pipeline, dataset readers, synthetic videos and optical flow."""
