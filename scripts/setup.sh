@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs gsa-jax into it.
+#   bash scripts/setup.sh          runtime stack (requirements.txt)
+#   bash scripts/setup.sh --test   plus pytest and the PyTorch side of the conversion tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+reqs=requirements.txt
+[[ "${1:-}" == "--test" ]] && reqs=requirements-test.txt
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.installed-$(sha1sum "$reqs" requirements.txt | sha1sum | cut -c1-12)"
+if [[ ! -f "$stamp" ]]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r "$reqs"
+  .venv/bin/python -m pip install -q --no-deps -e .
+  touch "$stamp"
+fi
