@@ -309,7 +309,7 @@ class _Payload:
 def test_kinds_and_bad_folders(tmp_path):
   source = tmp_path / 'w.safetensors'
   safetensors.torch.save_file({'conv1.weight': torch.zeros(1)}, str(source))
-  with pytest.raises(NotImplementedError, match='#6'):
+  with pytest.raises(ValueError, match='not a GSA-Net model'):
     convert.convert(str(source), kind='gsanet', output_dir=str(tmp_path / 'out'))
   with pytest.raises(ValueError, match='Unknown --kind'):
     convert.convert(str(source), kind='vit', output_dir=str(tmp_path / 'out'))
