@@ -5,7 +5,8 @@
       config, evaluates the best checkpoint (by validation G on the synthetic VAL videos) on the held-out
       synthetic TEST videos and prints J, F and G. Writes <workdir>/eval/test/{results.json, results.csv,
       results_per_sequence.png, masks/, overlays/}, TensorBoard logs and checkpoints.
-      Expected: G >= 0.80 in under 15 minutes on 2 CPU cores.
+      Measured (CPU shared by 5 agents, so pessimistic): test G 0.751 (J 0.760, F 0.743) in 17.8 min;
+      on an unshared 2-core CPU the target is G >= 0.80 in under 15 minutes.
   python main.py --mode=train --config=configs/demo.py --workdir=DIR     (the training part alone)
   python main.py --mode=evaluate --config=configs/demo.py --workdir=DIR  (the evaluation part alone)
 
@@ -41,15 +42,15 @@ def get_config():
 
   t = config.train
   t.batch_size = 8
-  t.num_train_steps = 600
+  t.num_train_steps = 1500
   t.learning_rate = 2e-3
   t.end_learning_rate = 1e-4
   t.warmup_steps = 20
-  t.loss = 'official'
+  t.loss = 'f3net'  # Converges faster than the official double-sigmoid loss at this size.
   t.log_every_steps = 25
-  t.eval_every_steps = 200
-  t.checkpoint_every_steps = 200
-  t.write_images_every_steps = 200
+  t.eval_every_steps = 500
+  t.checkpoint_every_steps = 500
+  t.write_images_every_steps = 500
   t.keep_checkpoints = 2
 
   e = config.eval
