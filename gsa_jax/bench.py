@@ -660,62 +660,25 @@ def flop_report(config: Any, *, sizes: Sequence[int], batch: int, num_refs: int,
   return out
 
 
-def depthwise_conv3x3_shifted(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray | None = None) -> jnp.ndarray:
-  """A 3x3 'same' depthwise conv as 9 shifted multiply-adds: x [b,h,w,c], kernel [3,3,1,c] (flax HWIO).
-
-  The same products summed in the same order as XLA's grouped convolution on CPU (outputs checked equal),
-  but elementwise, so XLA fuses it; XLA:CPU's grouped convolution (feature_group_count = c) has no fast path.
-  """
-  h, w = x.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = jnp.zeros_like(x)
-  for i in range(3):
-    for j in range(3):
-      out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0].astype(x.dtype)
-  return out if bias is None else out + bias.astype(x.dtype)
-
-
 def depthwise_study(*, backbone: str = 'mit_b2', batch: int = 1, size: int = 384, repeats: int = 3,
                     warmup: int = 1) -> dict[str, Any]:
-  """The MiT backbone with its Mix-FFN depthwise conv as nn.Conv(feature_group_count) (as written) against
-  depthwise_conv3x3_shifted (a prototype swapped in for this study only): time, FLOPs, output difference."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from gsa_jax.modules import backbones, mit  # pylint: disable=g-import-not-at-top
-
-  class _DWConv(nn.Module):
-    features: int
-
-    @nn.compact
-    def __call__(self, x):
-      kernel = self.param('kernel', nn.initializers.normal(0.02), (3, 3, 1, self.features))
-      bias = self.param('bias', nn.initializers.zeros, (self.features,))
-      return depthwise_conv3x3_shifted(x, kernel, bias)
-
-  original = mit.MixFFN
-
-  class _ShiftMixFFN(original):
-    @nn.compact
-    def __call__(self, x):
-      hidden = x.shape[-1] * self.mlp_ratio
-      x = nn.Dense(hidden, kernel_init=mit._dense_init, dtype=self.dtype, name='fc1')(x)  # pylint: disable=protected-access
-      x = _DWConv(hidden, name='dwconv')(x)
-      x = nn.gelu(x, approximate=False)
-      return nn.Dense(x.shape[-1] // self.mlp_ratio, kernel_init=mit._dense_init, dtype=self.dtype, name='fc2')(x)  # pylint: disable=protected-access
-
+  """The MiT backbone with its Mix-FFN depthwise conv as a grouped convolution against 9 shifted
+  multiply-adds (mit.DepthwiseConv3x3 impl 'grouped' vs 'shifted', same parameters) on the current
+  backend: time, FLOPs, output difference."""
+  from gsa_jax.modules import mit  # pylint: disable=g-import-not-at-top
+  if backbone not in mit.MIT_CONFIGS:
+    raise ValueError(f'The depthwise study needs a MiT backbone, not {backbone!r}.')
   img = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32)
-  net = backbones.build_backbone(backbone)
-  shapes = jax.eval_shape(lambda k: net.init(k, img[:, :64, :64], train=False), jax.random.key(0))
+  nets = {impl: mit.MixTransformer(mit.MIT_CONFIGS[backbone], depthwise_impl=impl)
+          for impl in ('grouped', 'shifted')}
+  shapes = jax.eval_shape(lambda k: nets['grouped'].init(k, img[:, :64, :64], train=False), jax.random.key(0))
   rng = np.random.default_rng(1)
   variables = jax.tree.map(lambda l: jnp.asarray(0.05 * rng.standard_normal(l.shape), l.dtype), shapes)
-  out: dict[str, Any] = dict(backbone=backbone, batch=batch, size=size)
+  out: dict[str, Any] = dict(backbone=backbone, batch=batch, size=size, backend=jax.default_backend())
   results = {}
-  for name in ('grouped_conv', 'shifted'):
-    mit.MixFFN = original if name == 'grouped_conv' else _ShiftMixFFN
-    try:
-      model = backbones.build_backbone(backbone)
-      prog = compile_program(lambda v, x, model=model: model.apply(v, x, train=False), variables, img)
-    finally:
-      mit.MixFFN = original
+  for impl, net in nets.items():
+    name = 'grouped_conv' if impl == 'grouped' else impl
+    prog = compile_program(lambda v, x, net=net: net.apply(v, x, train=False), variables, img)
     results[name] = block(prog.compiled(variables, img))
     out[name] = dict(**prog.info(), timing=time_fn(prog.compiled, variables, img, warmup=warmup, repeats=repeats))
   diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(results['grouped_conv'], results['shifted'])]

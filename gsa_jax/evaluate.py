@@ -23,6 +23,7 @@ The stage-1 SaliencyNet is evaluated on the RGB frames alone.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -111,7 +112,8 @@ class Segmenter:
     self.augmentations = tta_augmentations(self.size, tta, tuple(config.eval.tta_scales))
     self.set_variables(variables)
     self._encode = jax.jit(self._encode_fn)
-    self._segment = jax.jit(self._segment_fn)
+    self._segment = {True: jax.jit(functools.partial(self._segment_fn, with_slots=True)),
+                     False: jax.jit(functools.partial(self._segment_fn, with_slots=False))}
     self._compiled: dict[Any, Any] = {}
     self.compile_seconds = 0.0
 
@@ -129,8 +131,9 @@ class Segmenter:
       features.append(self.model.apply(variables, rgb, flow, train=False, method='encode_references'))
     return tuple(features)
 
-  def _segment_fn(self, variables, rgb, flow, references, frame_indices):
-    """Mean foreground probability [b, s, s] over the augmentations, and the fg-slot map [b, s, s]."""
+  def _segment_fn(self, variables, rgb, flow, references, frame_indices, *, with_slots: bool):
+    """Mean foreground probability [b, s, s] over the augmentations, and the fg-slot map [b, s, s]
+    (of the first augmentation; None unless `with_slots`)."""
     base_key = jax.random.key(self.kmeans_seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(frame_indices)
     b, s = rgb.shape[:2]
@@ -163,7 +166,7 @@ class Segmenter:
       total = total + prob
       if a == 0:
         fg_slot = slot
-    return (total / len(self.augmentations))[..., 0], fg_slot[..., 0]
+    return (total / len(self.augmentations))[..., 0], (fg_slot[..., 0] if with_slots else None)
 
   def _get(self, name, fn, *args):
     key = (name,) + tuple((np.shape(a), str(getattr(a, 'dtype', ''))) for a in jax.tree.leaves(args))
@@ -180,6 +183,15 @@ class Segmenter:
     args = (self.variables, jnp.asarray(ref_rgb[None]), jnp.asarray(ref_flow[None]))
     return self._get('encode', self._encode, *args)(*args)
 
+  def segment_batch(self, rgb: np.ndarray, flow: np.ndarray, references, frame_indices: np.ndarray, *,
+                    with_slots: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    """One batch [batch_size, s, s, 3] of frames numbered `frame_indices` (their k-means keys) →
+    (probabilities [batch_size, s, s], fg-slot maps or None). Compiles once per shape, timed in
+    `compile_seconds`; without `with_slots` the slot map is neither returned nor resized."""
+    args = (self.variables, jnp.asarray(rgb, jnp.float32), jnp.asarray(flow, jnp.float32), references,
+            jnp.asarray(frame_indices, jnp.int32))
+    return self._get(('segment', with_slots), self._segment[with_slots], *args)(*args)
+
   def segment_video(self, rgb: np.ndarray, flow: np.ndarray | None, references) -> tuple[np.ndarray, np.ndarray]:
     """All frames [L, s, s, 3] in padded batches → (probabilities [L, s, s], fg-slot maps [L, s, s])."""
     length = rgb.shape[0]
@@ -189,9 +201,7 @@ class Segmenter:
     for start in range(0, length, self.batch_size):
       idx = np.arange(start, start + self.batch_size)
       take = np.minimum(idx, length - 1)  # Pad by repeating the last frame.
-      args = (self.variables, jnp.asarray(rgb[take]), jnp.asarray(flow[take]), references,
-              jnp.asarray(idx, jnp.int32))
-      prob, slot = self._get('segment', self._segment, *args)(*args)
+      prob, slot = self.segment_batch(rgb[take], flow[take], references, idx, with_slots=True)
       n = min(self.batch_size, length - start)
       probs.append(np.asarray(prob)[:n])
       slots.append(np.asarray(slot)[:n])

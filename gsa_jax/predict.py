@@ -547,11 +547,17 @@ def segment_video(frames: FrameSource, flow_source: FlowSource, segmenter: Segme
     ref_rgb = preprocess_rgb([ref_frames[i] for i in ref_indices], size)[None]
     ref_flow = preprocess_flow(ref_flow_images, size)[None]
   compile_before = getattr(segmenter, 'compile_seconds', 0.0)
-  with timer('encode_references'):
-    references = segmenter.encode(ref_rgb, ref_flow)
-  # Compilation happens on the first encode; it is reported on its own and left out of the fps.
-  compile_s = getattr(segmenter, 'compile_seconds', 0.0) - compile_before
-  timer.seconds['encode_references'] -= compile_s
+
+  def run_model(name: str, fn: Callable[[], Any]) -> Any:
+    # The first encode and the first batch compile their programs; compilation is reported on its
+    # own and left out of the timings and the frames per second.
+    before = getattr(segmenter, 'compile_seconds', 0.0)
+    with timer(name):
+      result = fn()
+    timer.seconds[name] -= getattr(segmenter, 'compile_seconds', 0.0) - before
+    return result
+
+  references = run_model('encode_references', lambda: segmenter.encode(ref_rgb, ref_flow))
   del ref_frames, ref_flow_images
 
   movie = MovieWriter(output_dir, 'overlay', getattr(frames, 'fps', 0.0) or 10.0, num_frames)
@@ -572,8 +578,8 @@ def segment_video(frames: FrameSource, flow_source: FlowSource, segmenter: Segme
         rgb = preprocess_rgb(batch + [batch[-1]] * padding, size)
         flow = preprocess_flow(flow_images + [flow_images[-1]] * padding, size)
         indices = np.arange(start, start + batch_size, dtype=np.int32)
-      with timer('model'):
-        probabilities = np.asarray(segmenter.segment(rgb, flow, references, indices))[:count]
+      probabilities = run_model(
+          'model', lambda: np.asarray(segmenter.segment(rgb, flow, references, indices))[:count])
       for k in range(count):
         i = start + k
         frame = batch[k]
@@ -599,6 +605,7 @@ def segment_video(frames: FrameSource, flow_source: FlowSource, segmenter: Segme
   finally:
     bar.close()
 
+  compile_s = getattr(segmenter, 'compile_seconds', 0.0) - compile_before
   total = time.perf_counter() - start_time - compile_s
   seconds = {k: round(v, 4) for k, v in sorted(timer.seconds.items())}
   flow_s = timer.seconds.get('flow', 0.0)
@@ -641,15 +648,7 @@ class ModelSegmenter(Segmenter):
     return self._inner.encode(np.asarray(ref_rgb, np.float32)[0], np.asarray(ref_flow, np.float32)[0])
 
   def segment(self, rgb, flow, references, frame_indices):
-    inner = self._inner
-    if hasattr(inner, 'segment_batch'):
-      return inner.segment_batch(rgb, flow, references, frame_indices)
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    # evaluate.Segmenter.segment_video numbers the frames from 0 on every call; the stream needs the
-    # frames' own indices, so the batch program is called directly.
-    args = (inner.variables, jnp.asarray(rgb, jnp.float32), jnp.asarray(flow, jnp.float32), references,
-            jnp.asarray(frame_indices, jnp.int32))
-    probability, _ = inner._get('segment', inner._segment, *args)(*args)  # pylint: disable=protected-access
+    probability, _ = self._inner.segment_batch(rgb, flow, references, frame_indices)
     return probability
 
 

@@ -225,3 +225,26 @@ def test_resnet_batch_stats_momentum_and_eval(resnet18_run):
   train_stats = state['batch_stats']
   assert not np.allclose(train_stats['layer4']['block_1']['bn2']['var'],
                          variables['batch_stats']['layer4']['block_1']['bn2']['var'])
+
+
+@pytest.mark.parametrize('impl', ['grouped', 'shifted', 'auto'])
+def test_depthwise_conv_impls_match_flax_grouped_conv(impl):
+  """Every DepthwiseConv3x3 impl computes nn.Conv(c, 3x3, feature_group_count=c) with the same params."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 5, 12)), jnp.float32)
+  reference = nn.Conv(12, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=12)
+  variables = reference.init(jax.random.key(0), x)
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero bias
+  module = mit.DepthwiseConv3x3(impl)
+  own = module.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, variables)
+  expected = reference.apply(variables, x)
+  np.testing.assert_allclose(module.apply(variables, x), expected, atol=1e-5)
+  grad = jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2))(variables)
+  grad_ref = jax.grad(lambda v: jnp.sum(reference.apply(v, x) ** 2))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grad, grad_ref)
+
+
+def test_depthwise_conv_rejects_unknown_impl():
+  x = jnp.zeros((1, 4, 4, 3))
+  with pytest.raises(ValueError, match='shifted'):
+    mit.DepthwiseConv3x3('fast').init(jax.random.key(0), x)

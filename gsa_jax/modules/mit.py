@@ -128,18 +128,68 @@ class EfficientSelfAttention(nn.Module):
     return dense(name='o_proj')(out)
 
 
+DEPTHWISE_IMPLS = ('auto', 'grouped', 'shifted')
+
+
+def depthwise_conv3x3_shifted(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """A 'same' 3x3 depthwise conv written as 9 shifted multiply-adds: x [b,h,w,c], kernel [3,3,1,c].
+
+  The arithmetic of a grouped convolution with feature_group_count = c, but elementwise, so XLA fuses
+  it into one loop. XLA:CPU has no fast path for the grouped form: at MiT-B2's stage shapes it is 10-17x
+  slower than this (docs/benchmarks.md).
+  """
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = jnp.zeros_like(x)
+  for i in range(3):
+    for j in range(3):
+      out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+  return out
+
+
+class DepthwiseConv3x3(nn.Module):
+  """3x3 depthwise conv with bias, 'same' padding: [b, h, w, c] -> [b, h, w, c].
+
+  Parameters are those of nn.Conv(c, (3, 3), feature_group_count=c): `kernel` [3, 3, 1, c] and
+  `bias` [c], so checkpoints do not depend on `impl`:
+    'grouped'  lax grouped convolution (cuDNN's depthwise kernel on GPU);
+    'shifted'  depthwise_conv3x3_shifted (2.2x faster MiT-B2 backbone on XLA:CPU);
+    'auto'     'shifted' when the default backend is the CPU, else 'grouped'.
+  """
+  impl: str = 'auto'
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.impl not in DEPTHWISE_IMPLS:
+      raise ValueError(f'Unknown depthwise conv impl {self.impl!r}; choose one of {DEPTHWISE_IMPLS}.')
+    c = x.shape[-1]
+    kernel = self.param('kernel', _depthwise_init, (3, 3, 1, c), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (c,), jnp.float32)
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    impl = self.impl
+    if impl == 'auto':
+      impl = 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+    if impl == 'shifted':
+      y = depthwise_conv3x3_shifted(x, kernel)
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+    return y + bias
+
+
 class MixFFN(nn.Module):
   """Dense -> depthwise 3x3 conv -> exact GELU -> Dense: [b, h, w, c] -> [b, h, w, c]."""
   mlp_ratio: int
   dtype: jnp.dtype = jnp.float32
+  depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     c = x.shape[-1]
     hidden = c * self.mlp_ratio
     x = nn.Dense(hidden, kernel_init=_dense_init, dtype=self.dtype, name='fc1')(x)       # [b h w 4c]
-    x = nn.Conv(hidden, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=hidden,
-                kernel_init=_depthwise_init, dtype=self.dtype, name='dwconv')(x)
+    x = DepthwiseConv3x3(self.depthwise_impl, dtype=self.dtype, name='dwconv')(x)
     x = nn.gelu(x, approximate=False)
     return nn.Dense(c, kernel_init=_dense_init, dtype=self.dtype, name='fc2')(x)
 
@@ -158,6 +208,7 @@ class MiTBlock(nn.Module):
   mlp_ratio: int
   drop_path_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  depthwise_impl: str = 'auto'
 
   def _drop_path(self, y: jnp.ndarray, train: bool) -> jnp.ndarray:
     if not train or self.drop_path_rate == 0.0:
@@ -170,7 +221,7 @@ class MiTBlock(nn.Module):
     y = EfficientSelfAttention(self.num_heads, self.sr_ratio, dtype=self.dtype, name='attention')(y)
     x = x + self._drop_path(y, train)
     y = _layer_norm('layernorm_after', self.dtype)(x)
-    y = MixFFN(self.mlp_ratio, dtype=self.dtype, name='mlp')(y)
+    y = MixFFN(self.mlp_ratio, dtype=self.dtype, depthwise_impl=self.depthwise_impl, name='mlp')(y)
     return x + self._drop_path(y, train)
 
 
@@ -185,6 +236,7 @@ class MiTStage(nn.Module):
   mlp_ratio: int
   drop_path_rates: tuple[float, ...]
   dtype: jnp.dtype = jnp.float32
+  depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -192,7 +244,7 @@ class MiTStage(nn.Module):
                           name='patch_embeddings')(x)
     for j in range(self.depth):
       x = MiTBlock(self.num_heads, self.sr_ratio, self.mlp_ratio, self.drop_path_rates[j],
-                   dtype=self.dtype, name=f'block_{j}')(x, train=train)
+                   dtype=self.dtype, depthwise_impl=self.depthwise_impl, name=f'block_{j}')(x, train=train)
     return _layer_norm('layer_norm', self.dtype)(x)
 
 
@@ -201,10 +253,12 @@ class MixTransformer(nn.Module):
 
   `drop_path_rate` is the stochastic-depth rate of the last block; it rises linearly from 0 over all
   blocks (as SegFormer) and is only applied with `train=True` (rng stream 'dropout').
+  `depthwise_impl` picks the Mix-FFN depthwise conv's implementation (DepthwiseConv3x3; same parameters).
   """
   config: MiTConfig
   drop_path_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool = False) -> tuple[jnp.ndarray, ...]:
@@ -217,7 +271,7 @@ class MixTransformer(nn.Module):
       x = MiTStage(features=cfg.hidden_sizes[i], depth=cfg.depths[i], num_heads=cfg.num_heads[i],
                    sr_ratio=cfg.sr_ratios[i], patch_size=cfg.patch_sizes[i], stride=cfg.strides[i],
                    mlp_ratio=cfg.mlp_ratio, drop_path_rates=tuple(rates[first:first + cfg.depths[i]]),
-                   dtype=self.dtype, name=f'stage_{i}')(x, train=train)
+                   dtype=self.dtype, depthwise_impl=self.depthwise_impl, name=f'stage_{i}')(x, train=train)
       first += cfg.depths[i]
       features.append(x)
     return tuple(features)
