@@ -11,10 +11,12 @@
   python main.py --mode=demo     --workdir=DIR
 """
 
-import sys
+import logging as py_logging
+import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 MODES = ('train', 'evaluate', 'summary', 'flow', 'predict', 'convert', 'generate', 'demo')
@@ -39,6 +41,29 @@ flags.DEFINE_enum('kind', None, ('mit', 'resnet', 'gsanet'), 'convert: what the 
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: jax.distributed coordinator host:port.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process index.')
+flags.DEFINE_string('compilation_cache', os.environ.get('JAX_COMPILATION_CACHE_DIR', '~/.cache/gsa_jax/jax'),
+                    "JAX's persistent compilation cache (programs that took over a second to compile are kept, "
+                    "so a second run of the same command skips XLA compilation); '' turns it off.")
+flags.DEFINE_bool('orbax_info', False, "Show Orbax's INFO log lines (several per checkpoint save or restore).")
+
+
+class _DropInfoFrom(py_logging.Filter):
+  """Drops INFO (and lower) records logged from files under the given package folder."""
+
+  def __init__(self, package: str):
+    super().__init__()
+    self.marker = f'{os.sep}{package}{os.sep}'
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno > py_logging.INFO or self.marker not in record.pathname
+
+
+def _configure_runtime() -> None:
+  if FLAGS.compilation_cache:
+    import jax
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
+  if not FLAGS.orbax_info:
+    logging.get_absl_handler().addFilter(_DropInfoFrom('orbax'))
 
 
 def _require(*names: str) -> None:
@@ -53,6 +78,7 @@ def main(argv: list[str]) -> None:
   mode = FLAGS.mode
   if mode is None:
     raise app.UsageError(f'--mode is required; one of {", ".join(MODES)}.')
+  _configure_runtime()
   if FLAGS.coordinator_address:
     import jax
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

@@ -84,6 +84,11 @@ _SWEEP_BATCHES = flags.DEFINE_list('sweep_batches', ['1', '2', '4', '8'], 'Batch
 _FLOPS = flags.DEFINE_bool('flops', False, 'Add the FLOP-only report (lowered programs, batch 1) per size.')
 _TIMINGS = flags.DEFINE_bool('timings', True, 'Compile and time (False with --flops: FLOPs only).')
 _DEPTHWISE = flags.DEFINE_bool('depthwise_study', False, 'Only the MiT depthwise-conv study (at --sizes[0]).')
+_PREDICT_FPS = flags.DEFINE_bool(
+    'predict_fps', False, 'Only the predict path (gsa_jax.predict: references encoded once, batches of '
+    '--predict_batch, DIS flow timed apart) against one full forward per frame, for the demo config and '
+    '--config at each of --sizes.')
+_PREDICT_BATCH = flags.DEFINE_integer('predict_batch', 4, 'Batch of the predict path (--predict_fps).')
 _QUICK = flags.DEFINE_bool('quick', False, 'Few repeats, batch 1 only, training batch 1, short sweeps.')
 
 DEFAULT_NUMBER_TARGET_S = 0.02  # a timing sample lasts at least this long (for sub-ms programs)
@@ -304,9 +309,8 @@ def min_size(model_config: Any) -> int:
 def init_variables(model_config: Any, seed: int = 0, *, fast: bool = True) -> tuple[Any, Any]:
   """(model, variables); parameters do not depend on the input size, N_R, M or T.
 
-  fast=True: the variable shapes from jax.eval_shape(model.init) filled with random numbers on the host
-  (normal * 0.02; ones for norm scales and BatchNorm variances, zeros for biases and means). No init
-  program is compiled (compiling MiT-B2's init took minutes); values do not change the cost.
+  fast=True: models.random_variables of jax.eval_shape(model.init), filled on the host. No init program
+  is compiled (compiling MiT-B2's init took minutes); values do not change the cost.
   fast=False: models.init_variables, jit'd at the smallest valid size.
   """
   model = models.build_model(model_config)
@@ -314,17 +318,7 @@ def init_variables(model_config: Any, seed: int = 0, *, fast: bool = True) -> tu
   inputs = models.example_inputs(settings, batch=1, size=min_size(model_config), num_refs=1)
   init = lambda k, i: models.init_variables(model, k, i)
   if fast:
-    shapes = jax.eval_shape(init, jax.random.key(seed), inputs)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-      name = str(getattr(path[-1], 'key', path[-1]))
-      if name in ('scale', 'var'):
-        return jnp.ones(leaf.shape, leaf.dtype)
-      if name in ('bias', 'mean'):
-        return jnp.zeros(leaf.shape, leaf.dtype)
-      return jnp.asarray(0.02 * rng.standard_normal(leaf.shape), leaf.dtype)
-    variables = jax.tree_util.tree_map_with_path(fill, shapes)
+    variables = models.random_variables(jax.eval_shape(init, jax.random.key(seed), inputs), seed)
   else:
     variables = jax.jit(init)(jax.random.key(seed), inputs)
   return model, {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
@@ -688,6 +682,60 @@ def depthwise_study(*, backbone: str = 'mit_b2', batch: int = 1, size: int = 384
   return out
 
 
+def bench_predict_path(config: Any, *, image_size: int = 384, num_frames: int = 8, batch_size: int = 4,
+                       repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
+  """Frames/s of predict's model path (gsa_jax.predict) against one full forward (GSANet.__call__) per frame.
+
+  cached: one video of `num_frames` frames as segment_video runs it (encode the N_R references once,
+  then batches of `batch_size` through the compiled batch program); uncached: `full_forward` frame by
+  frame, re-encoding the references every time. Medians over `repeats` passes after `warmup`, compilation
+  excluded (reported apart). DIS flow is timed on a synthetic video of the same size to give the rates with
+  flow included. Random weights (the cost does not depend on them).
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gsa_jax import predict  # pylint: disable=g-import-not-at-top
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  if num_frames % batch_size:
+    raise ValueError(f'num_frames={num_frames} must be a multiple of batch_size={batch_size}.')
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.image_size = image_size
+  config.eval.batch_size = batch_size
+  model, variables = init_variables(config.model)
+  t = int(config.data.num_refs)
+  scene = synthetic.make_scene(np.random.default_rng(0), image_size=image_size, num_frames=num_frames + 1,
+                               difficulty=0.5)
+  frames = list(synthetic.to_uint8(synthetic.render_video(scene)['rgb']))
+  flow_timing = time_fn(lambda: predict.ComputedFlow('dis').for_frames(0, frames[:-1], frames[-1], None),
+                        warmup=0, repeats=repeats, number=1)
+  flow_s = flow_timing['median_s'] / num_frames
+  flows = predict.ComputedFlow('dis').for_frames(0, frames[:-1], frames[-1], None)
+  rgb, flow = predict.preprocess_rgb(frames[:-1], image_size), predict.preprocess_flow(flows, image_size)
+  refs = predict.reference_indices(num_frames, t)
+  segmenter = predict.ModelSegmenter(model, variables, config)
+
+  def video_pass():
+    references = segmenter.encode(rgb[refs][None], flow[refs][None])
+    return [segmenter.segment(rgb[s:s + batch_size], flow[s:s + batch_size], references,
+                              np.arange(s, s + batch_size)) for s in range(0, num_frames, batch_size)]
+
+  video_pass()  # compiles both programs
+  cached_s = time_fn(video_pass, warmup=warmup, repeats=repeats, number=1)['median_s'] / num_frames
+  forward = predict.full_forward(model, int(config.eval.kmeans_seed))
+  ref_rgb, ref_flow = jnp.asarray(rgb[refs][None]), jnp.asarray(flow[refs][None])
+  params = segmenter.variables
+  start = time.perf_counter()
+  compiled = forward.lower(params, rgb[:1], flow[:1], ref_rgb, ref_flow, 0).compile()
+  full_compile_s = time.perf_counter() - start
+  uncached_s = time_fn(lambda: compiled(params, rgb[:1], flow[:1], ref_rgb, ref_flow, 0),
+                       warmup=warmup + 1, repeats=repeats, number=1)['median_s']
+  return {'image_size': image_size, 'num_refs': t, 'batch_size': batch_size, 'num_frames': num_frames,
+          'backbone': config.model.backbone,
+          'cached_fps': 1.0 / cached_s, 'cached_fps_with_flow': 1.0 / (cached_s + flow_s),
+          'uncached_fps': 1.0 / uncached_s, 'uncached_fps_with_flow': 1.0 / (uncached_s + flow_s),
+          'flow_s_per_frame': flow_s, 'speedup': uncached_s / cached_s,
+          'compile_s': segmenter.compile_seconds, 'full_compile_s': full_compile_s}
+
+
 # ------------------------------------------------------------------------------------------------
 # One config, sweeps
 # ------------------------------------------------------------------------------------------------
@@ -916,6 +964,18 @@ def main(argv: Sequence[str]) -> None:
                         clusters=sweep_kwargs['clusters'][:2], iters=sweep_kwargs['iters'][:2],
                         batches=sweep_kwargs['batches'][:2])
   log = lambda msg: logging.info('%s', msg)
+  if _PREDICT_FPS.value:
+    runs = ([(demo, demo.data.image_size)] if demo is not None else []) + [(config, s) for s in _ints(_SIZES.value)]
+    report = dict(env=environment(), predict=[])
+    for c, size in runs:
+      log(f'predict path: {c.model.backbone} at {size}')
+      report['predict'].append(bench_predict_path(c, image_size=size, batch_size=_PREDICT_BATCH.value,
+                                                 num_frames=2 * _PREDICT_BATCH.value, repeats=repeats,
+                                                 warmup=warmup))
+      with open(_OUT.value, 'w') as f:
+        json.dump(report, f, indent=1, default=str)
+    print(json.dumps(report['predict'], indent=1))
+    return
   if _DEPTHWISE.value:
     study = depthwise_study(backbone=config.model.backbone, size=_ints(_SIZES.value)[0], repeats=repeats, warmup=warmup)
     study['env'] = environment()

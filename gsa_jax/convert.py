@@ -184,21 +184,35 @@ def _abstract_variables(backbone: str) -> Variables:
 # ------------------------------------------------------------------------------------------------
 
 # transformers 4.x name -> 5.x name (the 5.x layout is what gsa_jax.modules.mit mirrors).
-_MIT_V4_TO_V5 = (
-    (r'^encoder\.patch_embeddings\.(\d+)\.', r'stages.\1.patch_embeddings.'),
-    (r'^encoder\.block\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),
-    (r'^encoder\.layer_norm\.(\d+)\.', r'stages.\1.layer_norm.'),
-    (r'\.attention\.self\.query\.', '.attention.q_proj.'),
-    (r'\.attention\.self\.key\.', '.attention.k_proj.'),
-    (r'\.attention\.self\.value\.', '.attention.v_proj.'),
-    (r'\.attention\.self\.sr\.', '.attention.sequence_reduction.sequence_reduction.'),
-    (r'\.attention\.self\.layer_norm\.', '.attention.sequence_reduction.layer_norm.'),
-    (r'\.attention\.output\.dense\.', '.attention.o_proj.'),
-    (r'\.mlp\.dense1\.', '.mlp.fc1.'),
-    (r'\.mlp\.dense2\.', '.mlp.fc2.'),
-    (r'\.layer_norm_1\.', '.layernorm_before.'),
-    (r'\.layer_norm_2\.', '.layernorm_after.'),
+# MiT key names: (transformers 4.x, the official checkpoints; transformers 5.x, what we map onto). `{i}`
+# stands for a number; a name that does not start with '.' is matched at the start of the key.
+_MIT_NAME_PAIRS = (
+    ('encoder.patch_embeddings.{i}.', 'stages.{i}.patch_embeddings.'),
+    ('encoder.block.{i}.{j}.', 'stages.{i}.blocks.{j}.'),
+    ('encoder.layer_norm.{i}.', 'stages.{i}.layer_norm.'),
+    ('.attention.self.query.', '.attention.q_proj.'),
+    ('.attention.self.key.', '.attention.k_proj.'),
+    ('.attention.self.value.', '.attention.v_proj.'),
+    ('.attention.self.sr.', '.attention.sequence_reduction.sequence_reduction.'),
+    ('.attention.self.layer_norm.', '.attention.sequence_reduction.layer_norm.'),
+    ('.attention.output.dense.', '.attention.o_proj.'),
+    ('.mlp.dense1.', '.mlp.fc1.'),
+    ('.mlp.dense2.', '.mlp.fc2.'),
+    ('.layer_norm_1.', '.layernorm_before.'),
+    ('.layer_norm_2.', '.layernorm_after.'),
 )
+
+
+def _rename_rule(source: str, target: str) -> tuple[str, str]:
+  """('a.{i}.b.', 'c.{i}.') -> (regex, replacement) for re.sub."""
+  src, dst = re.split(r'\{(\w)\}', source), re.split(r'\{(\w)\}', target)
+  pattern = ''.join(re.escape(p) if k % 2 == 0 else rf'(?P<{p}>\d+)' for k, p in enumerate(src))
+  replacement = ''.join(p if k % 2 == 0 else rf'\g<{p}>' for k, p in enumerate(dst))
+  return ('' if source.startswith('.') else '^') + pattern, replacement
+
+
+_MIT_V4_TO_V5 = tuple(_rename_rule(v4, v5) for v4, v5 in _MIT_NAME_PAIRS)
+_MIT_V5_TO_V4 = tuple(_rename_rule(v5, v4) for v4, v5 in _MIT_NAME_PAIRS)
 
 
 def _normalise_mit_key(key: str) -> str:
@@ -349,24 +363,6 @@ _GSANET_IGNORED = re.compile(
     r'|^(rgb|flow)_encoder\.classifier\.'
     r'|^(rgb|flow)_S[GA]\.FAT\.(convn|convl|convd)\.'
     r'|^fusion\d\.conv_upsample\.)')
-
-# transformers 5.x MiT key (as _mit_torch_key writes it) -> the 4.x key the official checkpoints hold.
-_MIT_V5_TO_V4 = (
-    (r'^stages\.(\d+)\.patch_embeddings\.', r'encoder.patch_embeddings.\1.'),
-    (r'^stages\.(\d+)\.blocks\.(\d+)\.', r'encoder.block.\1.\2.'),
-    (r'^stages\.(\d+)\.layer_norm\.', r'encoder.layer_norm.\1.'),
-    (r'\.attention\.q_proj\.', '.attention.self.query.'),
-    (r'\.attention\.k_proj\.', '.attention.self.key.'),
-    (r'\.attention\.v_proj\.', '.attention.self.value.'),
-    (r'\.attention\.sequence_reduction\.sequence_reduction\.', '.attention.self.sr.'),
-    (r'\.attention\.sequence_reduction\.layer_norm\.', '.attention.self.layer_norm.'),
-    (r'\.attention\.o_proj\.', '.attention.output.dense.'),
-    (r'\.mlp\.fc1\.', '.mlp.dense1.'),
-    (r'\.mlp\.fc2\.', '.mlp.dense2.'),
-    (r'\.layernorm_before\.', '.layer_norm_1.'),
-    (r'\.layernorm_after\.', '.layer_norm_2.'),
-)
-
 
 def _gsanet_torch_key(names: tuple[str, ...], *, wrapped_branches: bool) -> str:
   """Our variable path -> the official key (encoders in the normalised 5.x layout, no `segformer.`).

@@ -644,6 +644,11 @@ class ModelSegmenter(Segmenter):
   def compile_seconds(self) -> float:
     return self._inner.compile_seconds
 
+  @property
+  def variables(self) -> Any:
+    """The model variables, on the device."""
+    return self._inner.variables
+
   def encode(self, ref_rgb, ref_flow):
     return self._inner.encode(np.asarray(ref_rgb, np.float32)[0], np.asarray(ref_flow, np.float32)[0])
 
@@ -844,69 +849,3 @@ def predict(checkpoint: str, input_path: str, output_dir: str, flow_dir: str | N
   print(f'predict: {report["num_frames"]} frames → {output_dir} '
         f'({fps["including_flow"]:.2f} frames/s with flow, {fps["excluding_flow"]:.2f} without)')
   return report
-
-
-# ------------------------------------------------------------------------------------------------
-# Speed measurement (random weights; no checkpoint needed).
-
-
-def random_variables(model, config, size: int, seed: int = 0) -> dict[str, Any]:
-  """Random weights of the right shapes without compiling init (for speed measurements)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if 'kernel' in name:
-      return (rng.normal(size=leaf.shape) / np.sqrt(max(1, np.prod(leaf.shape[:-1])))).astype(leaf.dtype)
-    if 'scale' in name or 'var' in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if 'bias' in name or 'mean' in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.02 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, abstract_variables(model, config, size))
-
-
-def benchmark(config, *, image_size: int = 384, num_frames: int = 8, batch_size: int = 4,
-              uncached_frames: int = 2) -> dict[str, float]:
-  """Frames/s of the cached path (encode once + batched segment) vs one full __call__ per frame.
-
-  Also times DIS flow on image_size frames, to give the rate with flow included. Compilation excluded.
-  """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from gsa_jax import models  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.data.image_size = image_size
-  config.eval.batch_size = batch_size
-  model = models.build_model(config.model)
-  variables = random_variables(model, config, image_size)
-  rng = np.random.default_rng(0)
-  t = int(config.data.num_refs)
-  frames = [rng.integers(0, 255, (image_size, image_size, 3), np.uint8) for _ in range(num_frames + 1)]
-  start = time.perf_counter()
-  flows = ComputedFlow('dis').for_frames(0, frames[:-1], frames[-1], None)
-  flow_s = (time.perf_counter() - start) / num_frames
-  rgb, flow = preprocess_rgb(frames[:-1], image_size), preprocess_flow(flows, image_size)
-  refs = reference_indices(num_frames, t)
-  segmenter = ModelSegmenter(model, variables, config)
-  references = segmenter.encode(rgb[refs][None], flow[refs][None])  # compiles
-  segmenter.segment(rgb[:batch_size], flow[:batch_size], references, np.arange(batch_size))  # warm-up
-  start = time.perf_counter()
-  references = segmenter.encode(rgb[refs][None], flow[refs][None])
-  for s in range(0, num_frames, batch_size):
-    np.asarray(segmenter.segment(rgb[s:s + batch_size], flow[s:s + batch_size], references,
-                                 np.arange(s, s + batch_size)))
-  cached_s = (time.perf_counter() - start) / num_frames
-  forward = full_forward(model, int(config.eval.kmeans_seed))
-  ref_rgb, ref_flow = rgb[refs][None], flow[refs][None]
-  np.asarray(forward(variables, rgb[:1], flow[:1], ref_rgb, ref_flow, 0))  # compiles
-  start = time.perf_counter()
-  for i in range(uncached_frames):
-    np.asarray(forward(variables, rgb[i:i + 1], flow[i:i + 1], ref_rgb, ref_flow, i))
-  uncached_s = (time.perf_counter() - start) / uncached_frames
-  return {'image_size': image_size, 'num_refs': t, 'batch_size': batch_size, 'backbone': config.model.backbone,
-          'cached_fps': 1.0 / cached_s, 'cached_fps_with_flow': 1.0 / (cached_s + flow_s),
-          'uncached_fps': 1.0 / uncached_s, 'uncached_fps_with_flow': 1.0 / (uncached_s + flow_s),
-          'flow_s_per_frame': flow_s, 'speedup': uncached_s / cached_s,
-          'compile_s': segmenter.compile_seconds}

@@ -293,14 +293,15 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
 # Writing the data set.
 
 
-def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+  """A [0, 1] float image → uint8 (rounded, clipped)."""
   return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
 def _write_video(folder: str, name: str, video: dict[str, np.ndarray]) -> None:
   for t in range(video['rgb'].shape[0]):
     base = f'{name}_{t:05d}'
-    image_io.write_jpg(os.path.join(folder, 'RGB', base + '.jpg'), _to_uint8(video['rgb'][t]))
+    image_io.write_jpg(os.path.join(folder, 'RGB', base + '.jpg'), to_uint8(video['rgb'][t]))
     image_io.write_png(os.path.join(folder, 'GT', base + '.png'), video['mask'][t].astype(np.uint8) * 255)
     image_io.write_jpg(os.path.join(folder, 'FLOW', base + '.jpg'), flow_lib.flow_to_image(video['flow'][t]))
 
@@ -345,7 +346,7 @@ def generate(output_dir: str, **settings) -> dict[str, Any]:
       scene = make_scene(video_rng(cfg['seed'], 'images', index), image_size=cfg['image_size'], num_frames=1,
                          difficulty=cfg['difficulty'], still=True)
       frame = render_frame(scene, 0)
-      image_io.write_jpg(os.path.join(folder, 'RGB', f'img{index:05d}.jpg'), _to_uint8(frame['rgb']))
+      image_io.write_jpg(os.path.join(folder, 'RGB', f'img{index:05d}.jpg'), to_uint8(frame['rgb']))
       image_io.write_png(os.path.join(folder, 'GT', f'img{index:05d}.png'), frame['mask'].astype(np.uint8) * 255)
     counts['images'] = cfg['num_images']
     manifest = {'format_version': FORMAT_VERSION, 'settings': cfg, 'counts': counts,

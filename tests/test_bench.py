@@ -58,3 +58,15 @@ def test_timing_peak_kmeans_and_plot(tmp_path):
   png = tmp_path / 'bench.png'
   bench.plot_sweeps(sweeps, [], str(png), title='t')
   assert png.stat().st_size > 1000
+
+
+def test_predict_path_figures():
+  """The predict path (encode once + batched segments) against a full forward per frame, tiny model."""
+  config = _tiny_config()
+  config.model.dim = 16
+  r = bench.bench_predict_path(config, image_size=64, num_frames=4, batch_size=2, repeats=1, warmup=0)
+  assert (r['image_size'], r['batch_size'], r['num_frames'], r['num_refs']) == (64, 2, 4, 2)
+  for key in ('cached_fps', 'uncached_fps', 'flow_s_per_frame', 'compile_s', 'full_compile_s'):
+    assert r[key] > 0, key
+  assert r['cached_fps_with_flow'] < r['cached_fps'] and r['uncached_fps_with_flow'] < r['uncached_fps']
+  assert abs(r['speedup'] - r['cached_fps'] / r['uncached_fps']) < 1e-9
