@@ -387,7 +387,9 @@ def bench_inference(model, variables, *, batch: int, size: int, num_refs: int, p
   key = jax.random.key(0)
   res: dict[str, Any] = dict(batch=batch, size=size, num_refs=num_refs)
   shape_key = (model.settings, batch, size, num_refs)
-  enc_key = ('encode', _encoder_settings(model), batch, size, num_refs)
+  # The compiled encode takes the whole variables tree: its key holds their shapes too (M changes them).
+  shapes = tuple(np.shape(leaf) for leaf in jax.tree.leaves(variables))
+  enc_key = ('encode', _encoder_settings(model), shapes, batch, size, num_refs)
   enc = cached_program(enc_key, _fn_encode(model), variables, x['ref_rgb'], x['ref_flow'])
   refs = block(enc.compiled(variables, x['ref_rgb'], x['ref_flow']))
   t = time_fn(enc.compiled, variables, x['ref_rgb'], x['ref_flow'], warmup=warmup, repeats=repeats)
@@ -801,7 +803,8 @@ def run_sweeps(config: Any, variables: Any, *, base_size: int, num_refs: int, si
                on_point: Callable[[], None] = lambda: None) -> dict[str, Any]:
   """Batch-1 inference (cached and full) over resolution, N_R, M and T; cached over batch.
 
-  The parameters do not depend on any swept value, so one set of variables serves every point.
+  `variables` serve the resolution, N_R and batch points (the parameters do not depend on them); M changes
+  the fusion convs' input width, so the M and T points get variables of their own model.
   """
   sweeps = into if into is not None else {}
   sweeps.update({k: [] for k in ('resolution', 'num_refs', 'num_clusters', 'slot_iters', 'batch')})
@@ -821,15 +824,16 @@ def run_sweeps(config: Any, variables: Any, *, base_size: int, num_refs: int, si
     if (base_size // 16) ** 2 < m:
       continue
     log(f'sweep M {m}')
-    c = with_model(config, num_clusters=m, knn_k=min(config.model.knn_k, m))
+    model, v = init_variables(with_model(config, num_clusters=m, knn_k=min(config.model.knn_k, m)).model,
+                              config.seed)
     sweeps['num_clusters'].append(dict(value=m, **_segment_and_full(
-        models.build_model(c.model), variables, batch=1, size=base_size, num_refs=num_refs, full=False, **common)))
+        model, v, batch=1, size=base_size, num_refs=num_refs, full=False, **common)))
     on_point()
   for t in iters:
     log(f'sweep T {t}')
-    c = with_model(config, slot_iters=t)
+    model, v = init_variables(with_model(config, slot_iters=t).model, config.seed)
     sweeps['slot_iters'].append(dict(value=t, **_segment_and_full(
-        models.build_model(c.model), variables, batch=1, size=base_size, num_refs=num_refs, full=False, **common)))
+        model, v, batch=1, size=base_size, num_refs=num_refs, full=False, **common)))
     on_point()
   for b in batches:
     log(f'sweep batch {b}')
@@ -858,6 +862,7 @@ def plot_sweeps(sweeps: dict[str, Any], results: Sequence[dict[str, Any]], path:
       ax.legend(fontsize=8)
     ax.set_xlabel(labels[key])
     ax.set_ylabel('ms / frame')
+    ax.set_ylim(bottom=0)  # from zero, so that run-to-run noise does not look like a trend
     ax.grid(alpha=0.3)
   ax = axes.flat[5]
   bd = None

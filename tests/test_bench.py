@@ -70,3 +70,18 @@ def test_predict_path_figures():
     assert r[key] > 0, key
   assert r['cached_fps_with_flow'] < r['cached_fps'] and r['uncached_fps_with_flow'] < r['uncached_fps']
   assert abs(r['speedup'] - r['cached_fps'] / r['uncached_fps']) < 1e-9
+
+
+def test_sweeps_over_clusters_and_iterations():
+  """M changes the fusion convs' parameter shapes: every M and T point runs with variables of its own."""
+  config = _tiny_config()
+  config.model.dim = 16
+  _, variables = bench.init_variables(config.model)
+  sweeps = bench.run_sweeps(config, variables, base_size=64, num_refs=1, sizes=[], refs=[], clusters=[2, 4],
+                            iters=[0, 1], batches=[], repeats=1, warmup=0, log=lambda _: None)
+  assert [p['value'] for p in sweeps['num_clusters']] == [2, 4]
+  assert [p['value'] for p in sweeps['slot_iters']] == [0, 1]
+  for p in sweeps['num_clusters'] + sweeps['slot_iters']:
+    assert p['cached_ms_per_frame'] > 0 and p['cached_flops_per_frame'] > 0
+  # More clusters cost more FLOPs per frame (k-means, cosine maps, the wider fusion conv).
+  assert sweeps['num_clusters'][1]['cached_flops_per_frame'] > sweeps['num_clusters'][0]['cached_flops_per_frame']
