@@ -36,6 +36,8 @@ flags.DEFINE_enum('flow_method', 'dis', ('dis', 'farneback'), 'flow: OpenCV opti
 flags.DEFINE_bool('save_raw_flow', False, 'flow: also write the raw flow fields (.flo).')
 flags.DEFINE_bool('tta', False, 'predict: multi-scale + flip test-time augmentation.')
 flags.DEFINE_float('threshold', 0.5, 'predict: probability threshold of the binary masks.')
+flags.DEFINE_integer('batch_size', 0, 'predict: frames per batch (0 = eval.batch_size of the config; on a CPU, '
+                     '1 is the fastest per frame).', lower_bound=0)
 flags.DEFINE_string('source', None, 'convert: a PyTorch/safetensors checkpoint file or folder.')
 flags.DEFINE_enum('kind', None, ('mit', 'resnet', 'gsanet'), 'convert: what the source holds.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: jax.distributed coordinator host:port.')
@@ -112,7 +114,7 @@ def main(argv: list[str]) -> None:
     from gsa_jax import predict
     predict.predict(checkpoint=FLAGS.checkpoint, input_path=FLAGS.input, output_dir=FLAGS.output,
                     flow_dir=FLAGS.flow, tta=FLAGS.tta, threshold=FLAGS.threshold,
-                    flow_method=FLAGS.flow_method, config=FLAGS.config)
+                    flow_method=FLAGS.flow_method, config=FLAGS.config, batch_size=FLAGS.batch_size or None)
   elif mode == 'convert':
     _require('source', 'kind', 'output')
     from gsa_jax import convert
