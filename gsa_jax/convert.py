@@ -43,135 +43,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gsa_jax import weights
 from gsa_jax.modules import backbones
 from gsa_jax.modules import mit
 from gsa_jax.modules import resnet
 
-StateDict = dict[str, np.ndarray]
-Variables = dict[str, Any]
+StateDict = weights.StateDict
+Variables = weights.Variables
+read_state_dict = weights.read_state_dict
 
 META_FILE = 'meta.json'
 VARIABLES_DIR = 'variables'
-# Files looked for, in this order, when `source` is a folder.
-_CHECKPOINT_FILES = ('model.safetensors', 'pytorch_model.bin')
-_TORCH_SUFFIXES = ('.bin', '.pth', '.pt')
-
-
-# ------------------------------------------------------------------------------------------------
-# Reading checkpoints.
-# ------------------------------------------------------------------------------------------------
-
-def _resolve_source(source: str) -> str:
-  """Returns the checkpoint file of `source` (a file, or a folder holding one of _CHECKPOINT_FILES)."""
-  if os.path.isdir(source):
-    for name in _CHECKPOINT_FILES:
-      path = os.path.join(source, name)
-      if os.path.isfile(path):
-        return path
-    raise ValueError(f'{source!r} is a folder without {" or ".join(_CHECKPOINT_FILES)}.')
-  if not os.path.isfile(source):
-    raise ValueError(f'Checkpoint {source!r} does not exist.')
-  return source
-
-
-def read_state_dict(source: str) -> StateDict:
-  """Reads a safetensors or PyTorch checkpoint into {key: float32/int numpy array}."""
-  path = _resolve_source(source)
-  if path.endswith('.safetensors'):
-    from safetensors import safe_open
-    state = {}
-    with safe_open(path, framework='numpy') as f:
-      for key in f.keys():
-        state[key] = f.get_tensor(key)
-    return state
-  if path.endswith(_TORCH_SUFFIXES):
-    import torch  # Only needed for PyTorch pickles.
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
-    # Training checkpoints often nest the weights (the official GSA-Net ones under 'model_state_dict').
-    for wrapper in ('model_state_dict', 'state_dict', 'model'):
-      if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
-        loaded = loaded[wrapper]
-    if not isinstance(loaded, dict):
-      raise ValueError(f'{path!r} does not hold a state dict (got {type(loaded).__name__}).')
-    state = {}
-    for key, value in loaded.items():
-      if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-          value = value.float()
-        state[key] = value.numpy()
-    return state
-  raise ValueError(f'Unsupported checkpoint file {path!r}: expected .safetensors, .bin, .pth or .pt.')
-
-
-# ------------------------------------------------------------------------------------------------
-# Name and layout maps, shared by the backbone converters.
-# ------------------------------------------------------------------------------------------------
-
-def _to_flax(torch_value: np.ndarray, leaf: str) -> np.ndarray:
-  """PyTorch layout -> Flax layout for one leaf (kernels transposed, everything else as is)."""
-  if leaf == 'kernel' and torch_value.ndim == 4:
-    return np.transpose(torch_value, (2, 3, 1, 0))  # [o i kh kw] -> [kh kw i o]
-  if leaf == 'kernel' and torch_value.ndim == 2:
-    return torch_value.T  # [o i] -> [i o]
-  return torch_value
-
-
-def _torch_shape(flax_shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
-  """The PyTorch shape that `_to_flax` turns into `flax_shape`."""
-  if leaf == 'kernel' and len(flax_shape) == 4:
-    kh, kw, i, o = flax_shape
-    return (o, i, kh, kw)
-  if leaf == 'kernel' and len(flax_shape) == 2:
-    return tuple(reversed(flax_shape))
-  return tuple(flax_shape)
-
-
-# Flax leaf name -> PyTorch parameter / buffer name.
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
-               'mean': 'running_mean', 'var': 'running_var'}
-
-
-def _convert_tree(state: StateDict, abstract: Variables, torch_key: Callable[[tuple[str, ...]], str],
-                  ignored: Callable[[str], bool], what: str,
-                  extra_dims: Callable[[tuple[str, ...]], int] = lambda names: 0) -> Variables:
-  """Fills the abstract variable tree of a backbone from `state`, or raises listing every mismatch.
-
-  Args:
-    state: the checkpoint, with normalised key names.
-    abstract: `jax.eval_shape` of the module's init ({'params': ..., maybe 'batch_stats': ...}).
-    torch_key: maps a Flax path (module names..., leaf) to the checkpoint key.
-    ignored: checkpoint keys that are allowed to be left over (classifier heads, counters).
-    what: the variant name, for messages.
-    extra_dims: how many trailing size-1 axes the PyTorch tensor of a leaf has beyond the layout of
-      `_torch_shape` (1 for a Conv1d(k=1) read as a Dense kernel, 2 for a 1x1 Conv2d read as one).
-  """
-  problems: list[str] = []
-  used: set[str] = set()
-
-  def fill(path, leaf_abstract):
-    names = tuple(p.key for p in path[1:])  # Drop the collection name.
-    key = torch_key(names)
-    leaf = names[-1]
-    expected = _torch_shape(leaf_abstract.shape, leaf) + (1,) * extra_dims(names)
-    if key not in state:
-      problems.append(f'missing key {key}: expected shape {expected}')
-      return None
-    used.add(key)
-    value = state[key]
-    if tuple(value.shape) != expected:
-      problems.append(f'wrong shape {key}: checkpoint {tuple(value.shape)}, expected {expected}')
-      return None
-    value = value.reshape(_torch_shape(leaf_abstract.shape, leaf))  # Drops the extra size-1 axes.
-    return np.asarray(_to_flax(value, leaf), dtype=leaf_abstract.dtype)
-
-  tree = jax.tree_util.tree_map_with_path(fill, abstract)
-  for key in sorted(set(state) - used):
-    if not ignored(key):
-      problems.append(f'unexpected key {key}: shape {tuple(state[key].shape)}')
-  if problems:
-    raise ValueError(f'The checkpoint does not match {what} ({len(problems)} problems):\n  '
-                     + '\n  '.join(problems))
-  return tree
 
 
 def _abstract_variables(backbone: str) -> Variables:
@@ -203,16 +85,8 @@ _MIT_NAME_PAIRS = (
 )
 
 
-def _rename_rule(source: str, target: str) -> tuple[str, str]:
-  """('a.{i}.b.', 'c.{i}.') -> (regex, replacement) for re.sub."""
-  src, dst = re.split(r'\{(\w)\}', source), re.split(r'\{(\w)\}', target)
-  pattern = ''.join(re.escape(p) if k % 2 == 0 else rf'(?P<{p}>\d+)' for k, p in enumerate(src))
-  replacement = ''.join(p if k % 2 == 0 else rf'\g<{p}>' for k, p in enumerate(dst))
-  return ('' if source.startswith('.') else '^') + pattern, replacement
-
-
-_MIT_V4_TO_V5 = tuple(_rename_rule(v4, v5) for v4, v5 in _MIT_NAME_PAIRS)
-_MIT_V5_TO_V4 = tuple(_rename_rule(v5, v4) for v4, v5 in _MIT_NAME_PAIRS)
+_MIT_V4_TO_V5 = tuple(weights.rename_rule(v4, v5) for v4, v5 in _MIT_NAME_PAIRS)
+_MIT_V5_TO_V4 = tuple(weights.rename_rule(v5, v4) for v4, v5 in _MIT_NAME_PAIRS)
 
 
 def _normalise_mit_key(key: str) -> str:
@@ -239,7 +113,7 @@ def _mit_torch_key(names: tuple[str, ...]) -> str:
       parts += ['dwconv', 'dwconv']
     else:
       parts.append(name)
-  return '.'.join(parts + [_LEAF_NAMES[leaf]])
+  return '.'.join(parts + [weights.LEAF_NAMES[leaf]])
 
 
 def _infer_mit_variant(state: StateDict) -> str:
@@ -261,7 +135,7 @@ def convert_mit(state: StateDict) -> tuple[str, Variables]:
   """HF SegFormer/MiT state dict -> ('mit_bN', {'params': ..., 'batch_stats': {}})."""
   state = {_normalise_mit_key(k): v for k, v in state.items()}
   backbone = _infer_mit_variant(state)
-  variables = _convert_tree(state, _abstract_variables(backbone), _mit_torch_key,
+  variables = weights.convert_tree(state, _abstract_variables(backbone), _mit_torch_key,
                             ignored=lambda k: k.startswith(('classifier.', 'decode_head.')), what=backbone)
   return backbone, {'params': variables['params'], 'batch_stats': {}}
 
@@ -283,7 +157,7 @@ def _resnet_torch_key(names: tuple[str, ...]) -> str:
       parts += ['downsample', '1']
     else:
       parts.append(name)
-  return '.'.join(parts + [_LEAF_NAMES[leaf]])
+  return '.'.join(parts + [weights.LEAF_NAMES[leaf]])
 
 
 def _infer_resnet_variant(state: StateDict) -> str:
@@ -303,7 +177,7 @@ def _infer_resnet_variant(state: StateDict) -> str:
 def convert_resnet(state: StateDict) -> tuple[str, Variables]:
   """torchvision ResNet state dict -> ('resnetN', {'params': ..., 'batch_stats': ...})."""
   backbone = _infer_resnet_variant(state)
-  variables = _convert_tree(state, _abstract_variables(backbone), _resnet_torch_key,
+  variables = weights.convert_tree(state, _abstract_variables(backbone), _resnet_torch_key,
                             ignored=lambda k: k.startswith('fc.') or k.endswith('.num_batches_tracked'),
                             what=backbone)
   return backbone, variables
@@ -377,7 +251,7 @@ def _gsanet_torch_key(names: tuple[str, ...], *, wrapped_branches: bool) -> str:
   rules = _GSANET_MODULE_RULES[:1] + ((_WRAPPED_BRANCH_RULE,) if wrapped_branches else ()) + _GSANET_MODULE_RULES[1:]
   for pattern, replacement in rules:
     path = re.sub(pattern, replacement, path)
-  return path.replace('/', '.') + '.' + _LEAF_NAMES[leaf]
+  return path.replace('/', '.') + '.' + weights.LEAF_NAMES[leaf]
 
 
 def _gsanet_extra_dims(names: tuple[str, ...]) -> int:
@@ -492,7 +366,7 @@ def convert_gsanet(state: StateDict, config: Any = None) -> tuple[str, Variables
   model_config = _infer_gsanet_model(state, config)
   kind = model_config['kind']
   abstract = _abstract_model_variables(model_config)
-  variables = _convert_tree(
+  variables = weights.convert_tree(
       state, abstract, functools.partial(_gsanet_torch_key, wrapped_branches=kind == 'video'),
       ignored=lambda k: bool(_GSANET_IGNORED.search(k)),
       what=f'GSA-Net {kind} model ({", ".join(f"{k}={model_config[k]}" for k in _MODEL_CONFIG_FIELDS_INFERRED)})',
@@ -600,8 +474,8 @@ def convert(source: str, *, kind: str, output_dir: str, config=None) -> None:
   if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
     raise ValueError(f'Output {output_dir!r} exists and is not an empty folder; refusing to overwrite.')
   scope, converter = CONVERTERS[kind]
-  path = _resolve_source(source)
-  state = read_state_dict(path)
+  path = weights.resolve_source(source)
+  state = weights.read_state_dict(path)
   name, variables, *extra = converter(state, config=config) if kind in _TAKES_CONFIG else converter(state)
   logging.info('Converted %s: %s %s (%d parameters).', path, kind, name,
                sum(np.size(x) for x in jax.tree.leaves(variables['params'])))
