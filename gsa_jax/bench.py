@@ -52,10 +52,10 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from gsa_jax import losses
-from gsa_jax import models
+from gsa_jax.models.gsanet import losses
+from gsa_jax.models.gsanet import network as models
 from gsa_jax import ops
-from gsa_jax.modules import slots as slots_lib
+from gsa_jax.models.gsanet import slots as slots_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/davis_mitb2.py', 'The model config to measure.')
 _DEMO_CONFIG = flags.DEFINE_string('demo_config', 'configs/demo.py',
@@ -661,7 +661,7 @@ def depthwise_study(*, backbone: str = 'mit_b2', batch: int = 1, size: int = 384
   """The MiT backbone with its Mix-FFN depthwise conv as a grouped convolution against 9 shifted
   multiply-adds (mit.DepthwiseConv3x3 impl 'grouped' vs 'shifted', same parameters) on the current
   backend: time, FLOPs, output difference."""
-  from gsa_jax.modules import mit  # pylint: disable=g-import-not-at-top
+  from gsa_jax.backbones import mit  # pylint: disable=g-import-not-at-top
   if backbone not in mit.MIT_CONFIGS:
     raise ValueError(f'The depthwise study needs a MiT backbone, not {backbone!r}.')
   img = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32)

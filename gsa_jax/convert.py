@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gsa_jax import weights
-from gsa_jax.modules import backbones
-from gsa_jax.modules import mit
-from gsa_jax.modules import resnet
+from gsa_jax import backbones
+from gsa_jax.backbones import mit
+from gsa_jax.backbones import resnet
 
 StateDict = weights.StateDict
 Variables = weights.Variables
@@ -65,7 +65,7 @@ def _abstract_variables(backbone: str) -> Variables:
 # MiT (Hugging Face SegFormer).
 # ------------------------------------------------------------------------------------------------
 
-# transformers 4.x name -> 5.x name (the 5.x layout is what gsa_jax.modules.mit mirrors).
+# transformers 4.x name -> 5.x name (the 5.x layout is what gsa_jax.backbones.mit mirrors).
 # MiT key names: (transformers 4.x, the official checkpoints; transformers 5.x, what we map onto). `{i}`
 # stands for a number; a name that does not start with '.' is matched at the start of the key.
 _MIT_NAME_PAIRS = (
@@ -282,7 +282,7 @@ def _official_model_config(kind: str):
 
 def _abstract_model_variables(model_config: Any) -> Variables:
   """`jax.eval_shape` of the model's init: {'params': ..., 'batch_stats': ...}."""
-  from gsa_jax import models  # pylint: disable=g-import-not-at-top
+  from gsa_jax.models.gsanet import network as models  # pylint: disable=g-import-not-at-top
   settings = models.ModelSettings.from_config(model_config)
   return _abstract_model_variables_cached(settings)
 
@@ -290,7 +290,7 @@ def _abstract_model_variables(model_config: Any) -> Variables:
 @functools.lru_cache(maxsize=8)
 def _abstract_model_variables_cached(settings) -> Variables:
   """Tracing the whole model takes seconds: converting and then loading traces it once."""
-  from gsa_jax import models  # pylint: disable=g-import-not-at-top
+  from gsa_jax.models.gsanet import network as models  # pylint: disable=g-import-not-at-top
   model = models.GSANet(settings) if settings.kind == 'video' else models.SaliencyNet(settings)
   # Parameters do not depend on the input size, but the model wants >= num_clusters pixels at 1/16.
   side = 16 * int(np.ceil(np.sqrt(settings.slots.num_clusters)))
@@ -387,7 +387,7 @@ def to_official_state_dict(variables: Variables, model_config: Any, *, mit_names
   """
   if mit_names not in ('v4', 'v5'):
     raise ValueError(f"mit_names must be 'v4' or 'v5'; got {mit_names!r}.")
-  from gsa_jax import models  # pylint: disable=g-import-not-at-top
+  from gsa_jax.models.gsanet import network as models  # pylint: disable=g-import-not-at-top
   settings = models.ModelSettings.from_config(model_config)
   if settings.backbone not in mit.MIT_CONFIGS:
     raise ValueError(f'Official GSA-Net checkpoints hold MiT encoders; {settings.backbone!r} has no official names.')

@@ -805,7 +805,7 @@ def predict(checkpoint: str, input_path: str, output_dir: str, flow_dir: str | N
   if config.model.kind != 'video':
     raise PredictError(f'The checkpoint {checkpoint} holds a {config.model.kind!r} model (stage 1, RGB only); '
                        'predict needs a video model (model.kind="video"). Fine-tune it on videos first.')
-  from gsa_jax import models  # pylint: disable=g-import-not-at-top
+  from gsa_jax.models.gsanet import network as models  # pylint: disable=g-import-not-at-top
   model = models.build_model(config.model)
   size = model_size(int(config.data.image_size))
   try:

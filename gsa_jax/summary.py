@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from clu import parameter_overview
 
-from gsa_jax import models
+from gsa_jax.models.gsanet import network as models
 
 # Parts of the model (reference §3 grouping): name -> predicate on the parameter path.
 PARTS: tuple[tuple[str, Any], ...] = (

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from gsa_jax import checkpoint as ckpt_lib
-from gsa_jax import losses
+from gsa_jax.models.gsanet import losses
 from gsa_jax import sharding as shard_lib
 
 KINDS = ('video', 'saliency')
@@ -180,7 +180,7 @@ def _synthetic_matches(manifest: str, synthetic_config: ml_collections.ConfigDic
 
 
 def build_model(model_config: ml_collections.ConfigDict):
-  from gsa_jax import models  # pylint: disable=g-import-not-at-top
+  from gsa_jax.models.gsanet import network as models  # pylint: disable=g-import-not-at-top
   return models.build_model(model_config)
 
 

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gsa_jax.modules import backbones
-from gsa_jax.modules import mit
-from gsa_jax.modules import resnet
+from gsa_jax import backbones
+from gsa_jax.backbones import mit
+from gsa_jax.backbones import resnet
 
 MIT_NAMES = [f'mit_b{i}' for i in range(6)]
 RESNET_NAMES = ['resnet18', 'resnet34', 'resnet50', 'resnet101']

@@ -18,7 +18,7 @@ from torch import nn as tnn
 import transformers
 
 from gsa_jax import convert
-from gsa_jax.modules import backbones
+from gsa_jax import backbones
 
 torch.set_num_threads(1)
 TOLERANCE = 1e-4

@@ -23,11 +23,11 @@ import transformers
 
 from configs import defaults
 from gsa_jax import convert
-from gsa_jax import models
-from gsa_jax.modules import backbones
-from gsa_jax.modules import decoder as decoder_lib
-from gsa_jax.modules import fat as fat_lib
-from gsa_jax.modules import mffm as mffm_lib
+from gsa_jax.models.gsanet import network as models
+from gsa_jax import backbones
+from gsa_jax.models.gsanet import decoder as decoder_lib
+from gsa_jax.models.gsanet import fat as fat_lib
+from gsa_jax.models.gsanet import mffm as mffm_lib
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gsa_jax import losses
+from gsa_jax.models.gsanet import losses
 
 
 def _sigmoid(x):

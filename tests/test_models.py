@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import defaults
-from gsa_jax import models
+from gsa_jax.models.gsanet import network as models
 from gsa_jax import summary
 
 SIZE, BATCH, REFS = 64, 2, 2

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gsa_jax import models
+from gsa_jax.models.gsanet import network as models
 from gsa_jax import ops
-from gsa_jax.modules import decoder as decoder_lib
-from gsa_jax.modules import fat as fat_lib
-from gsa_jax.modules import mffm as mffm_lib
-from gsa_jax.modules import slots as slots_lib
+from gsa_jax.models.gsanet import decoder as decoder_lib
+from gsa_jax.models.gsanet import fat as fat_lib
+from gsa_jax.models.gsanet import mffm as mffm_lib
+from gsa_jax.models.gsanet import slots as slots_lib
 
 
 def _count(tree) -> int:

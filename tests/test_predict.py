@@ -378,7 +378,7 @@ def tiny_config(**model):
 def random_variables(config, seed=0):
   """Random weights of the right shapes without compiling init (eval_shape, then numpy draws)."""
   import jax
-  from gsa_jax import models
+  from gsa_jax.models.gsanet import network as models
   model = models.build_model(config.model)
   shapes = P.abstract_variables(model, config, 32)
   rng = np.random.default_rng(seed)
@@ -449,7 +449,7 @@ def test_predict_end_to_end_odd_size_and_cached_equals_uncached(workdir, tmp_pat
   assert report['frames'][6]['mask'] == 'masks/frame6.png'
 
   # Cached references + batched program == one full GSANet.__call__ per frame (references re-encoded).
-  from gsa_jax import models
+  from gsa_jax.models.gsanet import network as models
   model = models.build_model(config.model)
   source = P.open_frames(folder)
   flows = P.ComputedFlow('dis').for_frames(0, frames, None, None)

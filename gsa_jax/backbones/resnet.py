@@ -19,7 +19,7 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gsa_jax.modules import backbones
+from gsa_jax import backbones
 
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') for every conv.
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')

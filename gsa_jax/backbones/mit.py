@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gsa_jax.modules import backbones
+from gsa_jax import backbones
 
 LAYER_NORM_EPS = 1e-5
 

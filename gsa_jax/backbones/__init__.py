@@ -70,7 +70,7 @@ def backbone_channels(backbone: str) -> tuple[int, int, int, int]:
 def _ensure_registered() -> None:
   """Imports the modules that register MiT and ResNet (kept lazy to avoid import cycles)."""
   import importlib
-  for module in ('gsa_jax.modules.mit', 'gsa_jax.modules.resnet'):
+  for module in ('gsa_jax.backbones.mit', 'gsa_jax.backbones.resnet'):
     try:
       importlib.import_module(module)
     except ModuleNotFoundError as e:

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gsa_jax import ops
-from gsa_jax.modules import mffm
+from gsa_jax.models.gsanet import mffm
 
 
 class Res(nn.Module):

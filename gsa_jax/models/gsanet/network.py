@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gsa_jax import ops
-from gsa_jax.modules import backbones
-from gsa_jax.modules import decoder as decoder_lib
-from gsa_jax.modules import mffm as mffm_lib
-from gsa_jax.modules import slots as slots_lib
+from gsa_jax import backbones
+from gsa_jax.models.gsanet import decoder as decoder_lib
+from gsa_jax.models.gsanet import mffm as mffm_lib
+from gsa_jax.models.gsanet import slots as slots_lib
 
 KINDS = ('video', 'saliency')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

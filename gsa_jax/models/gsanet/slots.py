@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from gsa_jax import ops
-from gsa_jax.modules import fat as fat_lib
-from gsa_jax.modules import mffm
+from gsa_jax.models.gsanet import fat as fat_lib
+from gsa_jax.models.gsanet import mffm
 
 KNN_POOLS = ('aggregated', 'aggregated_and_reference')
 

@@ -1,1 +1,0 @@
-"""Flax modules of GSA-Net: backbones, MFFM, slot generator, FAT, guided slot attention, decoders."""
