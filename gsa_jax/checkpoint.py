@@ -1,21 +1,25 @@
-"""Checkpoints: the orbax manager of a workdir, resuming, picking the best, and initialising from
-another checkpoint (stage-1 model, converted backbone or converted full model).
+"""Checkpoints: one format for trained and converted models, resuming, picking the best, init transfer.
 
-Layout of a training workdir:
-  <workdir>/checkpoints/<step>/state   orbax StandardSave of {'step', 'params', 'batch_stats', 'opt_state'}
-  <workdir>/checkpoints/<step>/meta    JSON: step, kind, model config, full config, validation scores
-Orbax writes a step into a temporary folder and renames it when complete, so a run killed mid-save
-leaves the previous steps intact; the unfinished folder is ignored (and cleaned up) on the next start.
-Kept: the last `train.keep_checkpoints` steps AND the step with the best validation G (a preservation
-policy: LatestN OR BestN(G)).
+Layout (a training workdir, and also what --mode=convert writes):
+  <dir>/checkpoints/<step>/state   orbax StandardSave of {'step', 'params', <collections>, ['opt_state']}
+  <dir>/checkpoints/<step>/meta    JSON: step, model (the model section, name included), config (the full
+                                   config), val (validation figures), selection (metric and value),
+                                   and for converted checkpoints: converted_from, scope ('model' | 'backbone'),
+                                   backbone.
+A converted model is step 0 without optimiser state, with the config it fits in its meta, so train
+(init_from), evaluate and predict read it like a training workdir. A converted backbone (scope 'backbone')
+holds one backbone's variables, for train.init_from.
+Orbax writes a step into a temporary folder and renames it when complete, so a run killed mid-save leaves
+the previous steps intact. Kept: the last `train.keep_checkpoints` steps AND the step with the best
+validation figure (a preservation policy: LatestN OR BestN). Inference restores params and the model's
+other collections only (not the optimiser moments).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from absl import logging
@@ -26,33 +30,39 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
+from gsa_jax import errors
+from gsa_jax import files
+
 CHECKPOINT_SUBDIR = 'checkpoints'
 STATE_ITEM = 'state'
 META_ITEM = 'meta'
-BEST_METRIC = 'G'
-# Model config fields that decide parameter shapes: a resumed checkpoint must agree on them.
-SHAPE_FIELDS = ('kind', 'backbone', 'dim', 'num_slots', 'num_clusters')
+SCORE = 'score'  # the name of the ranking metric given to orbax's BestN
+NOT_RESTORED_FOR_INFERENCE = ('opt_state', 'step')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint that cannot be used for what was asked (wrong model, missing, unreadable)."""
 
 
 # ------------------------------------------------------------------------------------------------
-# The manager of a workdir.
+# The manager of a checkpoint directory.
 
 
 def checkpoint_directory(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
-def create_manager(directory: str, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  """An orbax CheckpointManager over `directory` keeping the last `keep` steps and the best val G."""
+def create_manager(directory: str, *, keep: int = 3, read_only: bool = False,
+                   partial: bool = False) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager over `directory` keeping the last `keep` steps and the best score.
+
+  `partial` (read only) registers the state as a generic PyTree so that a subset can be restored.
+  """
   if keep < 1:
     raise ValueError(f'train.keep_checkpoints must be >= 1; got {keep}.')
   policy = ocp_managers.AnyPreservationPolicy([
       ocp_managers.LatestN(n=keep),
-      ocp_managers.BestN(get_metric_fn=lambda m: float(m[BEST_METRIC]), reverse=False, n=1,
+      ocp_managers.BestN(get_metric_fn=lambda m: float(m[SCORE]), reverse=False, n=1,
                          keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(
@@ -63,38 +73,65 @@ def create_manager(directory: str, *, keep: int = 3, read_only: bool = False) ->
       create=not read_only,
       read_only=read_only,
   )
-  handlers = {STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()}
+  state_handler = ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler()
+  handlers = {STATE_ITEM: state_handler, META_ITEM: ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Mapping[str, Any], meta: Mapping[str, Any],
-         *, val_metrics: Mapping[str, float] | None = None) -> None:
-  """Saves `state` (a pytree of arrays) and `meta` (JSON) as `step`; `val_metrics` ranks the best."""
+def save(manager: ocp.CheckpointManager, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], *,
+         val_metrics: Mapping[str, float] | None = None, best_metric: str = 'G') -> None:
+  """Saves `state` and `meta` as `step`; val_metrics[best_metric] ranks the best. Never replaces a step."""
+  if step in manager.all_steps():
+    raise CheckpointError(f'Step {step} already exists in {manager.directory}; refusing to overwrite it.')
   meta = dict(meta, step=int(step), val=dict(val_metrics) if val_metrics else None)
   metrics = None
-  if val_metrics and val_metrics.get(BEST_METRIC) is not None and np.isfinite(val_metrics[BEST_METRIC]):
-    metrics = {BEST_METRIC: float(val_metrics[BEST_METRIC])}
+  value = (val_metrics or {}).get(best_metric)
+  if value is not None and np.isfinite(value):
+    metrics = {SCORE: float(value)}
+    meta['selection'] = {'metric': best_metric, 'value': float(value)}
   manager.save(int(step), args=ocp.args.Composite(**{
       STATE_ITEM: ocp.args.StandardSave(dict(state)),
-      META_ITEM: ocp.args.JsonSave(_jsonable(meta)),
-  }), metrics=metrics, force=True)
+      META_ITEM: ocp.args.JsonSave(files.jsonable(meta)),
+  }), metrics=metrics)
   manager.wait_until_finished()
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  restored = manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'The metadata of {manager.directory}/{step} cannot be read ({type(e).__name__}: '
+                          f'{str(e)[:200]}); the step is damaged: delete {manager.directory}/{step}.') from e
   return dict(restored[META_ITEM])
 
 
+def _score(meta: Mapping[str, Any]) -> float | None:
+  selection = meta.get('selection') or {}
+  value = selection.get('value')
+  if value is None:  # checkpoints written before `selection` existed rank by validation G
+    value = (meta.get('val') or {}).get('G')
+  return value if value is not None and np.isfinite(value) else None
+
+
 def best_step(manager: ocp.CheckpointManager) -> int | None:
-  """The saved step with the highest validation G; the latest step when none was validated."""
-  best, best_value = None, -np.inf
+  """The readable step with the best validation score; the latest readable step when none was scored.
+
+  A step whose metadata cannot be read is skipped with a warning that names it.
+  """
+  best, best_value, readable = None, -np.inf, []
   for step in manager.all_steps():
-    val = read_meta(manager, step).get('val') or {}
-    value = val.get(BEST_METRIC)
-    if value is not None and np.isfinite(value) and value > best_value:
+    try:
+      meta = read_meta(manager, step)
+    except CheckpointError as e:
+      logging.warning('Skipping checkpoint step %d: %s', step, e)
+      continue
+    readable.append(step)
+    value = _score(meta)
+    if value is not None and value > best_value:
       best, best_value = step, value
-  return best if best is not None else manager.latest_step()
+  if best is not None:
+    return best
+  return max(readable) if readable else None
 
 
 def state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
@@ -103,7 +140,7 @@ def state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
   return getattr(item, 'tree', item)
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
   parts = []
   for entry in path:
     for attr in ('key', 'idx', 'name'):
@@ -116,16 +153,21 @@ def _path_name(path) -> str:
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'a/b/0/c' → shape, for a pytree of arrays, ShapeDtypeStructs or orbax array metadata."""
+  """'a/b/0/c' -> shape, for a pytree of arrays, ShapeDtypeStructs or orbax array metadata."""
   leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, 'shape'))
-  return {_path_name(k): tuple(v.shape) for k, v in leaves if hasattr(v, 'shape')}
+  return {path_name(k): tuple(v.shape) for k, v in leaves if hasattr(v, 'shape')}
 
 
-def check_compatible(saved_tree: Any, abstract_state: Any, *, where: str, saved_meta: Mapping[str, Any],
-                     model_config: ml_collections.ConfigDict) -> None:
-  """Raises CheckpointError naming the differences when a saved state does not fit `abstract_state`."""
-  saved = _shapes(saved_tree)
-  wanted = _shapes(abstract_state)
+def _model_differences(saved_model: Mapping[str, Any] | None, model: Mapping[str, Any]) -> list[str]:
+  saved_model = dict(saved_model or {})
+  return [f'{k}: checkpoint {saved_model[k]!r}, config {v!r}' for k, v in model.items()
+          if k in saved_model and files.jsonable(saved_model[k]) != files.jsonable(v)]
+
+
+def check_compatible(saved_tree: Any, abstract: Any, *, where: str, saved_meta: Mapping[str, Any],
+                     model_config: Any, fix: str | None = None) -> None:
+  """Raises CheckpointError naming the differences when a saved tree does not fit `abstract`."""
+  saved, wanted = _shapes(saved_tree), _shapes(abstract)
   problems = []
   for name in sorted(set(saved) & set(wanted)):
     if saved[name] != wanted[name] and len(problems) < 10:
@@ -136,43 +178,55 @@ def check_compatible(saved_tree: Any, abstract_state: Any, *, where: str, saved_
     problems.append(f'not in this model: {name} {saved[name]}')
   if not problems:
     return
-  saved_model = (saved_meta or {}).get('model') or {}
-  saved_desc = ', '.join(f'{k}={saved_model.get(k)!r}' for k in SHAPE_FIELDS if k in saved_model)
-  this_desc = ', '.join(f'{k}={model_config.get(k)!r}' for k in SHAPE_FIELDS if k in model_config)
+  model = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+  differ = _model_differences((saved_meta or {}).get('model'), model)
+  desc = ('; the model configs differ in ' + '; '.join(differ[:8])) if differ else ''
   raise CheckpointError(
-      f'The checkpoint {where} holds a different model ({saved_desc or "unknown config"}) from the one '
-      f'configured ({this_desc}):\n  ' + '\n  '.join(problems) +
-      '\nUse another --workdir for this model, or the config the checkpoint was trained with. '
-      '(To start from a checkpoint of another model, use --config.train.init_from instead.)')
+      f'The checkpoint {where} holds a different model from the one configured{desc}:\n  ' + '\n  '.join(problems)
+      + '\n' + (fix or 'Use the config the checkpoint was trained with (or another --workdir for this model; to '
+                'start from a checkpoint of another model, use --config.train.init_from instead).'))
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any, *,
-                  model_config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
+                  model_config: Any) -> tuple[Any, dict[str, Any]]:
   """Restores `step` into the shapes/dtypes/shardings of `abstract_state`; returns (state, meta)."""
   meta = read_meta(manager, step)
   check_compatible(state_metadata(manager, step), abstract_state, where=f'{manager.directory}/{step}',
                    saved_meta=meta, model_config=model_config)
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{manager.directory}/{step} cannot be restored ({type(e).__name__}: {str(e)[:300]}). '
+                          f'The step is damaged: delete {manager.directory}/{step} to resume from the one '
+                          'before.') from e
   return restored[STATE_ITEM], meta
 
 
-def restore_untyped(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """Restores a step's state as numpy arrays, with the shapes it was saved with (no target model)."""
+def _restore_for_inference(directory: str, step: int) -> dict[str, Any]:
+  """Params and the model's collections of a step, as numpy arrays, without the optimiser state."""
+  manager = create_manager(directory, read_only=True, partial=True)
   device = jax.local_devices()[0]
+  single = jax.sharding.SingleDeviceSharding(device)
   tree = state_metadata(manager, step)
-  abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
-      tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
-  restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract)}))
+  wanted = {k: v for k, v in dict(tree).items() if k not in NOT_RESTORED_FOR_INFERENCE}
+  is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=single), wanted, is_leaf=is_array)
+  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), abstract)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
+        item=abstract, restore_args=restore_args, partial_restore=True)}))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{directory}/{step} cannot be restored ({type(e).__name__}: {str(e)[:300]}); the step '
+                          f'is damaged. Use another step, or delete {directory}/{step}.') from e
+  finally:
+    manager.close()
   return jax.tree.map(np.asarray, restored[STATE_ITEM])
 
 
 def resolve(path: str) -> tuple[str, int | None]:
-  """Finds the manager directory and step of `path`: a workdir, its checkpoints/ folder, or one step.
-
-  Returns (manager directory, step or None for "pick the best").
-  """
+  """The manager directory and step of `path`: a workdir (or converted model), its checkpoints/ folder,
+  or one step folder. Returns (manager directory, step or None for "pick the best")."""
   path = os.path.abspath(path)
   if not os.path.exists(path):
     raise CheckpointError(f'Checkpoint path {path} does not exist.')
@@ -180,32 +234,52 @@ def resolve(path: str) -> tuple[str, int | None]:
     return os.path.join(path, CHECKPOINT_SUBDIR), None
   if os.path.isdir(os.path.join(path, STATE_ITEM)) and re.fullmatch(r'\d+', os.path.basename(path)):
     return os.path.dirname(path), int(os.path.basename(path))
-  if any(re.fullmatch(r'\d+', n) and os.path.isdir(os.path.join(path, n, STATE_ITEM)) for n in os.listdir(path)):
+  if os.path.isdir(path) and any(re.fullmatch(r'\d+', n) and os.path.isdir(os.path.join(path, n, STATE_ITEM))
+                                 for n in os.listdir(path)):
     return path, None
+  if os.path.isfile(os.path.join(path, 'meta.json')) and os.path.isdir(os.path.join(path, 'variables')):
+    raise CheckpointError(f'{path} was converted by an older gsa-jax (variables/ + meta.json). Convert the source '
+                          'weights again with --mode=convert: converted models are now checkpoints like training '
+                          'runs.')
   raise CheckpointError(
-      f'{path} is not a training checkpoint: expected a workdir with {CHECKPOINT_SUBDIR}/, a '
+      f'{path} is not a checkpoint: expected a workdir (or a --mode=convert output) with {CHECKPOINT_SUBDIR}/, a '
       f'{CHECKPOINT_SUBDIR}/ folder with numbered steps, or one step folder <step>/{STATE_ITEM}.')
 
 
 def load_variables(path: str, *, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Loads {'params', 'batch_stats'} (numpy) and the meta of a training checkpoint.
+  """Loads the variables ({'params', collections...}, numpy) and the meta of a checkpoint.
 
-  `path` is a workdir, its checkpoints/ folder or one step folder; with no step given, the best
-  validated step (else the latest) is used. meta['config'] holds the training config as a dict.
+  `path`: a workdir, its checkpoints/ folder, one step folder or a converted model; with no step given, the
+  best validated step (else the latest). meta['config'] holds the config the variables were trained with
+  (or converted for), meta['checkpoint'] the step folder.
   """
   directory, path_step = resolve(path)
   manager = create_manager(directory, read_only=True)
-  step = path_step if step is None else step
-  if step is None:
-    step = best_step(manager)
-  if step is None:
-    raise CheckpointError(f'No complete checkpoint in {directory}.')
-  if step not in manager.all_steps():
-    raise CheckpointError(f'Step {step} is not in {directory}; saved steps: {manager.all_steps()}.')
-  state = restore_untyped(manager, step)
-  meta = read_meta(manager, step)
+  try:
+    step = path_step if step is None else step
+    if step is None:
+      step = best_step(manager)
+    if step is None:
+      raise CheckpointError(f'No complete checkpoint in {directory}.')
+    if step not in manager.all_steps():
+      raise CheckpointError(f'Step {step} is not in {directory}; saved steps: {manager.all_steps()}.')
+    meta = read_meta(manager, step)
+  finally:
+    manager.close()
+  variables = _restore_for_inference(directory, step)
   meta['checkpoint'] = os.path.join(directory, str(step))
-  return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}, meta
+  return variables, meta
+
+
+def save_converted(output_dir: str, variables: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+  """Writes converted variables as step 0 of `output_dir/checkpoints` (see the module docstring)."""
+  manager = create_manager(checkpoint_directory(output_dir))
+  try:
+    state = {'step': np.zeros((), np.int32), **{k: v for k, v in variables.items()}}
+    save(manager, 0, jax.tree.map(np.asarray, state), meta)
+  finally:
+    manager.close()
+  return os.path.join(checkpoint_directory(output_dir), '0')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,28 +298,28 @@ def _to_dict(tree: Any) -> Any:
   return tree
 
 
-def _is_mffm_branch(path: tuple[str, ...]) -> bool:
-  return bool(re.fullmatch(r'(rgb|flow)_mffm\d+', path[0])) and any(p.startswith('branch') for p in path[1:])
-
-
 def _subtree(path: tuple[str, ...]) -> str:
-  """The subtree a leaf is reported under: the top-level module, plus the MFFM branch if any."""
+  """The subtree a leaf is reported under: the top-level module, plus the second level for MFFM-like groups."""
   if re.fullmatch(r'(rgb|flow)_mffm\d+', path[0]) and len(path) > 2:
     return '/'.join(path[:2])
   return path[0]
 
 
-def transfer_variables(target: Mapping[str, Any], source: Mapping[str, Any], *, scope: str,
-                       transfer_mffm_branches: bool = True) -> tuple[dict[str, Any], list[str]]:
-  """Copies matching arrays of `source` into `target` (both {'params': ..., 'batch_stats': ...}).
+SkipRule = Callable[[tuple[str, ...], bool], str | None]
 
-  scope='model': names map one to one. When the source has an RGB stream but no flow stream (the
-  stage-1 SaliencyNet), every rgb_* subtree is also copied into the flow_* subtree of the same name, so
-  the flow stream starts as a copy of the RGB weights (official). `transfer_mffm_branches=False` then
-  drops the MFFM branch weights, as the official checkpoint loader does through its key mismatch.
-  scope='backbone': the source is one backbone, copied into rgb_encoder and flow_encoder.
+
+def transfer_by_name(target: Mapping[str, Any], source: Mapping[str, Any], *, scope: str,
+                     encoders: tuple[str, ...] = ('rgb_encoder', 'flow_encoder'),
+                     skip: SkipRule | None = None) -> tuple[dict[str, Any], list[str]]:
+  """Copies matching arrays of `source` into `target` (both {'params': ..., collections...}).
+
+  scope='model': names map one to one. When the source has an RGB stream but no flow stream (a stage-1
+  RGB-only model), every rgb_* subtree is also copied into the flow_* subtree of the same name, so the flow
+  stream starts as a copy of the RGB weights (GSA-Net's and DPA's official rule). `skip(target path,
+  from_stage1)` may refuse a leaf with a reason (e.g. GSA-Net's official MFFM key mismatch).
+  scope='backbone': the source is one backbone, copied into each of `encoders`.
   Arrays whose shapes differ are skipped. Returns (new target, report lines naming every transferred,
-  skipped and untouched subtree).
+  skipped and untouched subtree); raises CheckpointError when nothing matches.
   """
   if scope not in ('model', 'backbone'):
     raise CheckpointError(f"Unknown init scope {scope!r}; expected 'model' or 'backbone'.")
@@ -259,8 +333,9 @@ def transfer_variables(target: Mapping[str, Any], source: Mapping[str, Any], *, 
     tgt = _flatten(target.get(collection))
     src = _flatten(source.get(collection))
     all_target_subtrees |= {_subtree(k) for k in tgt}
+    copy_to_flow = False
     if scope == 'backbone':
-      pairs = [(k, (enc,) + k) for k in src for enc in ('rgb_encoder', 'flow_encoder')]
+      pairs = [(k, (enc,) + k) for k in src for enc in encoders]
       src_name = lambda k: 'backbone/' + (k[0] if k else '')
     else:
       tops = {k[0] for k in src}
@@ -275,8 +350,9 @@ def transfer_variables(target: Mapping[str, Any], source: Mapping[str, Any], *, 
     for sk, tk in pairs:
       value = src[sk]
       name = src_name(sk)
-      if scope == 'model' and not transfer_mffm_branches and _is_mffm_branch(tk) and copy_to_flow:
-        skipped[_subtree(tk)] = 'MFFM branch dropped (train.transfer_mffm_branches=False, the official key mismatch)'
+      reason = skip(tk, copy_to_flow) if (skip and scope == 'model') else None
+      if reason:
+        skipped[_subtree(tk)] = reason
         continue
       if tk not in tgt:
         skipped.setdefault(name if scope == 'backbone' else _subtree(sk),
@@ -290,7 +366,6 @@ def transfer_variables(target: Mapping[str, Any], source: Mapping[str, Any], *, 
       copied.setdefault(name if scope == 'model' else 'backbone', set()).add(_subtree(tk))
       touched.add((collection, tk))
     result[collection] = traverse_util.unflatten_dict(new) if new else {}
-    # Targets of this collection never written.
   for name in sorted(copied):
     report.append(f'transferred {name} -> {", ".join(sorted(copied[name]))}')
   for name in sorted(skipped):
@@ -305,47 +380,28 @@ def transfer_variables(target: Mapping[str, Any], source: Mapping[str, Any], *, 
   return result, report
 
 
-def load_init_source(path: str) -> tuple[dict[str, Any], str, str]:
-  """Reads an init_from source: a training checkpoint (workdir or step) or a converted checkpoint.
+def load_init_source(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+  """Reads a train.init_from source (a training workdir / step, a converted model or backbone).
 
-  Returns (variables {'params', 'batch_stats'} as numpy, scope 'model'|'backbone', description).
+  Returns (variables as numpy, meta (with 'scope': 'model' | 'backbone'), a description for the log).
   """
   if not os.path.exists(path):
     raise CheckpointError(f'train.init_from: {path} does not exist.')
-  if os.path.isfile(os.path.join(path, 'meta.json')) and os.path.isdir(os.path.join(path, 'variables')):
-    from gsa_jax import convert  # pylint: disable=g-import-not-at-top
-    meta, variables = convert.load_converted(path)
-    scope = meta.get('scope', 'model')
-    desc = f'converted {meta.get("kind")} checkpoint ({scope} scope, {meta.get("backbone")}) {path}'
-    variables = jax.tree.map(np.asarray, dict(variables))
-    return variables, scope, desc
   variables, meta = load_variables(path)
-  kind = meta.get('kind') or (meta.get('model') or {}).get('kind')
-  return variables, 'model', f'{kind} training checkpoint {meta["checkpoint"]}'
-
-
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, ml_collections.ConfigDict):
-    return _jsonable(value.to_dict())
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not np.isfinite(value):
-    return None
-  if isinstance(value, (str, int, float, bool)) or value is None:
-    return value
-  return str(value)
+  meta.setdefault('scope', 'model')
+  model = meta.get('model') or {}
+  what = meta.get('converted_from')
+  if meta['scope'] == 'backbone':
+    desc = f'converted {meta.get("backbone")} backbone {meta["checkpoint"]} (from {what})'
+  elif what:
+    desc = f'converted {model.get("name")} model {meta["checkpoint"]} (from {what})'
+  else:
+    desc = f'{model.get("name")} training checkpoint {meta["checkpoint"]}'
+  return variables, meta, desc
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return _jsonable(config)
-
-
-def dump_json(obj: Any) -> str:
-  return json.dumps(_jsonable(obj), indent=2)
+  return files.jsonable(config)
 
 
 def log_lines(title: str, lines: list[str]) -> None:

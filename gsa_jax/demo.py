@@ -1,11 +1,11 @@
-"""The end-to-end CPU demo: synthetic videos -> train -> evaluate -> pictures.
+"""The end-to-end CPU demo of a model: synthetic videos -> train -> evaluate -> pictures.
 
-  python main.py --mode=demo --workdir=workdirs/demo
+  python main.py --mode=demo --workdir=workdirs/demo [--config=configs/<model>_demo.py]
 
-Steps: generate the synthetic set (configs/demo.py, into data.synthetic_root or <workdir>/data/synthetic,
-skipped when already there), train configs/demo.py in <workdir> (resumes if interrupted), evaluate the
-best checkpoint on the held-out synthetic TEST videos into <workdir>/eval/test/ (results.json,
-results.csv, the per-sequence chart, masks/, overlays/), then print J, F and G.
+Steps: generate the synthetic set (into data.synthetic_root or <workdir>/data/synthetic, skipped when already
+there), train the config in <workdir> (resumes if interrupted), evaluate the best checkpoint on the held-out
+synthetic TEST videos into <workdir>/eval/test/ (results.json, results.csv, the per-sequence chart, masks/,
+overlays/), then report the scores once. The default config is GSA-Net's (configs/gsanet_demo.py).
 """
 
 from __future__ import annotations
@@ -17,43 +17,44 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from gsa_jax import config_lib
+from gsa_jax import evaluate
+from gsa_jax import evaluation
+from gsa_jax import registry
+from gsa_jax import train
+from input_pipeline import data_sources
+
 
 def run_demo(workdir: str, config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
-  """Runs the demo in `workdir` with `config` (default: configs/demo.py); returns the test results."""
-  from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
-  from gsa_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from gsa_jax import train  # pylint: disable=g-import-not-at-top
-  config = demo_config.get_config() if config is None else config
+  """Runs the demo in `workdir` with `config` (default: configs/gsanet_demo.py); returns the test results."""
+  from configs import gsanet_demo  # pylint: disable=g-import-not-at-top
+  config = gsanet_demo.get_config() if config is None else config
+  family_demo = getattr(registry.get(config.model.name), 'run_demo', None)
+  if family_demo is not None:  # a family with its own demo (e.g. SOLV: instance masks, self-supervised)
+    return family_demo(workdir, config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   timings = {}
   start = time.time()
-  train.validate_config(config, mode='train')
-  config = train.prepare_data_roots(config, workdir)
+  config_lib.validate(config, roles=('train', 'val', 'test'), training=True)
+  config = data_sources.prepare_data_roots(config, workdir)
   timings['data'] = time.time() - start
-  print(f'[demo] synthetic data in {config.data.train_root} ({timings["data"]:.1f} s)', flush=True)
+  logging.info('demo: synthetic data in %s (%.1f s)', config.data.train_root, timings['data'])
 
   t0 = time.time()
   train.train_and_evaluate(config, workdir)
   timings['train'] = time.time() - t0
-  print(f'[demo] training done in {timings["train"]:.1f} s', flush=True)
 
   t0 = time.time()
   results = evaluate.evaluate_checkpoint(config, workdir)
   timings['evaluate'] = time.time() - t0
   timings['total'] = time.time() - start
   out = os.path.join(workdir, 'eval', 'test')
-  lines = [
-      f'[demo] held-out synthetic test split, {results["num_sequences"]} videos, {results["num_frames"]} '
-      f'scored frames (checkpoint {results["checkpoint"]}):',
-      f'[demo]   J {results["J_mean"]:.4f}   F {results["F_mean"]:.4f}   G {results["G"]:.4f}',
-      f'[demo] time: data {timings["data"]:.0f} s, train {timings["train"]:.0f} s, evaluate '
-      f'{timings["evaluate"]:.0f} s, total {timings["total"]:.0f} s',
-      f'[demo] results: {os.path.join(out, "results.json")}, chart: {os.path.join(out, "results_per_sequence.png")}, '
-      f'overlays: {os.path.join(out, "overlays")}, masks: {os.path.join(out, "masks")}, '
-      f'TensorBoard: tensorboard --logdir {workdir}',
-  ]
-  for line in lines:
-    logging.info('%s', line)
-    print(line, flush=True)
+  logging.info('demo: %s on the held-out synthetic test split (checkpoint %s)\n%s\n'
+               'time: data %.0f s, train %.0f s, evaluate %.0f s, total %.0f s\n'
+               'results %s, chart %s, overlays %s, masks %s; TensorBoard: tensorboard --logdir %s',
+               config.model.name, results['checkpoint'], evaluation.format_table(results), timings['data'],
+               timings['train'], timings['evaluate'], timings['total'], os.path.join(out, evaluation.RESULTS_JSON),
+               os.path.join(out, evaluation.RESULTS_PLOT), os.path.join(out, 'overlays'),
+               os.path.join(out, 'masks'), workdir)
   return dict(results, timings=timings)

@@ -29,6 +29,11 @@ Protocols:
            also given (J_mean_over_sequences). See `ytobj_class` for the class of a sequence.
   Under fbms/ytobj a sequence with no non-empty annotated frame is left out (listed in `skipped`).
 
+Instance-id protocols (for models with output_kind 'instances'; gsa_jax.multi_object): davis17 (DAVIS-2017
+unsupervised, up to 20 proposals per sequence), davis17_per_frame (matching per frame, as the
+Betrayed-by-Attention repo) and fgari_miou (FG-ARI and video mIoU). Their folders hold id maps (palette or
+grey PNGs, 0 background; input_pipeline.instances.InstanceMaskFolder) in the DAVIS layout.
+
 Outputs (written atomically: a temporary file, then os.replace): `results.json`, `results.csv` and
 `results_per_sequence.png`. The JSON holds the dataset figures at the top level (J_mean, J_recall,
 J_decay, F_mean, F_recall, F_decay, G; null where the protocol does not define one), the per-sequence
@@ -37,11 +42,9 @@ figures under `sequences`, and `protocol`, a description of what was computed.
 
 import csv
 import io
-import json
 import math
 import os
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,9 +52,13 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from gsa_jax import errors
+from gsa_jax import files
 from gsa_jax import metrics
+from input_pipeline import images as image_io
 
 PROTOCOLS = ('davis16', 'fbms', 'ytobj')
+INSTANCE_PROTOCOLS = ('davis17', 'davis17_per_frame', 'fgari_miou')  # gsa_jax.multi_object.PROTOCOLS
 STAT_KEYS = ('J_mean', 'J_recall', 'J_decay', 'F_mean', 'F_recall', 'F_decay', 'G')
 RESULTS_JSON = 'results.json'
 RESULTS_CSV = 'results.csv'
@@ -101,7 +108,27 @@ _PROTOCOL_INFO = {
 }
 
 
-class EvaluationError(ValueError):
+def check_eval_config(e: Any, output_kind: str = 'binary') -> list[str]:
+  """Problems of the eval section for a model giving `output_kind` masks; [] when valid."""
+  problems = []
+
+  def need(ok: bool, message: str) -> None:
+    if not ok:
+      problems.append(message)
+
+  from gsa_jax import multi_object  # pylint: disable=g-import-not-at-top
+  protocols = PROTOCOLS if output_kind == 'binary' else multi_object.PROTOCOLS
+  need(e.protocol in protocols, f'eval.protocol={e.protocol!r}; valid for {output_kind} masks: {protocols}')
+  need(e.batch_size > 0, f'eval.batch_size={e.batch_size}; must be > 0')
+  need(0.0 < e.threshold < 1.0, f'eval.threshold={e.threshold}; must be in (0, 1)')
+  need(len(e.tta_scales) > 0 and all(s > 0 for s in e.tta_scales),
+       f'eval.tta_scales={tuple(e.tta_scales)}; give at least one scale, every scale > 0')
+  need(e.max_videos == -1 or e.max_videos > 0, f'eval.max_videos={e.max_videos}; use -1 (all) or > 0')
+  need(e.num_overlays >= 0, f'eval.num_overlays={e.num_overlays}; must be >= 0')
+  return problems
+
+
+class EvaluationError(errors.UserError):
   """Bad evaluation input: missing or unreadable masks, size mismatches, empty folders."""
 
 
@@ -153,8 +180,7 @@ def read_png(path: str) -> np.ndarray:
     raise EvaluationError(f'Cannot read mask {path}: {e}. Replace it with a valid PNG.') from e
 
 
-def _natural_key(name: str) -> tuple:
-  return tuple((0, int(t), '') if t.isdigit() else (1, 0, t) for t in re.split(r'(\d+)', name) if t)
+_natural_key = image_io.natural_key
 
 
 class _SequenceFiles(Mapping):
@@ -268,79 +294,63 @@ def _describe(sequence_masks: Mapping, seq: str, frame: str) -> str:
   return describe(frame) if describe else f'{seq}/{frame}'
 
 
-def score_sequences(predictions: Mapping[str, Mapping[str, np.ndarray]],
-                    ground_truth: Mapping[str, Mapping[str, np.ndarray]],
-                    protocol: str = 'davis16', *,
-                    bound_th: float = metrics.DEFAULT_BOUND_TH) -> dict[str, Any]:
-  """Scores predicted masks against ground truth under `protocol` ('davis16' | 'fbms' | 'ytobj').
+def score_sequence(seq: str, pred_seq: Mapping[str, np.ndarray], gt_seq: Mapping[str, np.ndarray],
+                   protocol: str = 'davis16', *, bound_th: float = metrics.DEFAULT_BOUND_TH,
+                   soft_frames: list[str] | None = None) -> tuple[dict[str, Any] | None, str | None]:
+  """Scores one sequence (frame name -> mask); returns (its entry, None) or (None, why it was left out).
 
-  Both arguments map sequence → frame name → mask [h, w] (bool, {0,1}, {0,255}; soft maps are
-  thresholded, see the module docstring). Every ground-truth sequence is scored; prediction sequences
-  without ground truth are ignored (listed in `ignored_prediction_sequences`).
-  Returns the results dict described in the module docstring.
+  Soft prediction frames are appended to `soft_frames` (and warned about once).
   """
+  soft_frames = [] if soft_frames is None else soft_frames
+  with_f = protocol == 'davis16'
+  frames = sorted(gt_seq, key=_natural_key)
+  if protocol == 'davis16':
+    if len(frames) < 3:
+      raise EvaluationError(
+          f'Sequence {seq} has {len(frames)} ground-truth frame(s); davis16 drops the first and the last, '
+          'so it needs at least 3.')
+    frames = frames[1:-1]
+  scored, j_values, f_values = [], [], []
+  for frame in frames:
+    gt = binarize_ground_truth(gt_seq[frame])
+    if protocol != 'davis16' and not gt.any():
+      continue
+    if frame not in pred_seq:
+      raise EvaluationError(
+          f'No prediction for ground-truth frame {seq}/{frame} (expected '
+          f'{_describe(pred_seq, seq, frame)}). Protocol {protocol} scores this frame: write a mask for '
+          'it (frame names must match the ground truth).')
+    pred, soft = binarize_prediction(pred_seq[frame])
+    if soft:
+      if not soft_frames:
+        logging.warning('Soft (non-binary) prediction %s: thresholded at half its range. Write 0/255 '
+                        'masks.', _describe(pred_seq, seq, frame))
+      soft_frames.append(f'{seq}/{frame}')
+    if pred.shape != gt.shape:
+      raise EvaluationError(
+          f'Prediction {_describe(pred_seq, seq, frame)} is {pred.shape[0]}x{pred.shape[1]} (HxW) but its '
+          f'ground truth {_describe(gt_seq, seq, frame)} is {gt.shape[0]}x{gt.shape[1]}. Write predictions '
+          'at the original frame size.')
+    j_values.append(metrics.jaccard(pred, gt))
+    if with_f:
+      f_values.append(metrics.boundary_f(pred, gt, bound_th=bound_th))
+    scored.append(frame)
+  if not scored:
+    return None, 'no annotated frame with a non-empty ground-truth mask'
+  return _sequence_entry(scored, j_values, f_values if with_f else None), None
+
+
+def aggregate(sequences: Mapping[str, dict[str, Any]], protocol: str, *, skipped: Mapping[str, str] | None = None,
+              soft_frames: list[str] | None = None) -> dict[str, Any]:
+  """The results dict (module docstring) from per-sequence entries of score_sequence."""
   info = protocol_description(protocol)
   with_f = protocol == 'davis16'
-  if not ground_truth:
-    raise EvaluationError('No ground-truth sequences to score.')
-  if not predictions:
-    raise EvaluationError('No predicted sequences to score.')
-  missing = sorted(set(ground_truth) - set(predictions), key=_natural_key)
-  if missing:
-    have = sorted(predictions, key=_natural_key)
-    raise EvaluationError(
-        f'No predictions for {len(missing)} ground-truth sequence(s): {", ".join(missing[:10])}'
-        f'{" ..." if len(missing) > 10 else ""}. Predicted sequences: {", ".join(have[:10])}'
-        f'{" ..." if len(have) > 10 else ""}. Predict every sequence of the ground-truth set (names must '
-        'match).')
-
-  soft_frames: list[str] = []
-  sequences: dict[str, dict[str, Any]] = {}
-  skipped: dict[str, str] = {}
-  for seq in sorted(ground_truth, key=_natural_key):
-    gt_seq, pred_seq = ground_truth[seq], predictions[seq]
-    frames = sorted(gt_seq, key=_natural_key)
-    if protocol == 'davis16':
-      if len(frames) < 3:
-        raise EvaluationError(
-            f'Sequence {seq} has {len(frames)} ground-truth frame(s); davis16 drops the first and the last, '
-            'so it needs at least 3.')
-      frames = frames[1:-1]
-    scored, j_values, f_values = [], [], []
-    for frame in frames:
-      gt = binarize_ground_truth(gt_seq[frame])
-      if protocol != 'davis16' and not gt.any():
-        continue
-      if frame not in pred_seq:
-        raise EvaluationError(
-            f'No prediction for ground-truth frame {seq}/{frame} (expected '
-            f'{_describe(pred_seq, seq, frame)}). Protocol {protocol} scores this frame: write a mask for '
-            'it (frame names must match the ground truth).')
-      pred, soft = binarize_prediction(pred_seq[frame])
-      if soft:
-        if not soft_frames:
-          logging.warning('Soft (non-binary) prediction %s: thresholded at half its range. Write 0/255 '
-                          'masks.', _describe(pred_seq, seq, frame))
-        soft_frames.append(f'{seq}/{frame}')
-      if pred.shape != gt.shape:
-        raise EvaluationError(
-            f'Prediction {_describe(pred_seq, seq, frame)} is {pred.shape[0]}x{pred.shape[1]} (HxW) but its '
-            f'ground truth {_describe(gt_seq, seq, frame)} is {gt.shape[0]}x{gt.shape[1]}. Write predictions '
-            'at the original frame size.')
-      j_values.append(metrics.jaccard(pred, gt))
-      if with_f:
-        f_values.append(metrics.boundary_f(pred, gt, bound_th=bound_th))
-      scored.append(frame)
-    if not scored:
-      skipped[seq] = 'no annotated frame with a non-empty ground-truth mask'
-      continue
-    sequences[seq] = _sequence_entry(scored, j_values, f_values if with_f else None)
-
+  soft_frames = list(soft_frames or [])
+  sequences = {k: sequences[k] for k in sorted(sequences, key=_natural_key)}
   if not sequences:
     raise EvaluationError(f'Nothing to score under {protocol}: no sequence has a scorable frame.')
   if soft_frames:
     logging.warning('%d soft prediction mask(s) were thresholded at half their range.', len(soft_frames))
-
   results: dict[str, Any] = {'protocol': info}
   results.update(_aggregate(sequences, with_f))
   results['num_sequences'] = len(sequences)
@@ -354,10 +364,48 @@ def score_sequences(predictions: Mapping[str, Mapping[str, np.ndarray]],
     results['J_mean_over_sequences'] = results['J_mean']
     results['J_mean'] = float(np.mean([c['J_mean'] for c in results['classes'].values()]))
   results['sequences'] = sequences
-  results['skipped'] = skipped
-  results['ignored_prediction_sequences'] = sorted(set(predictions) - set(ground_truth), key=_natural_key)
+  results['skipped'] = dict(skipped or {})
   results['binarisation'] = {'rule': BINARISATION_RULE, 'soft_frames': len(soft_frames),
                              'soft_examples': soft_frames[:20]}
+  return results
+
+
+def score_sequences(predictions: Mapping[str, Mapping[str, np.ndarray]],
+                    ground_truth: Mapping[str, Mapping[str, np.ndarray]],
+                    protocol: str = 'davis16', *,
+                    bound_th: float = metrics.DEFAULT_BOUND_TH) -> dict[str, Any]:
+  """Scores predicted masks against ground truth under `protocol` ('davis16' | 'fbms' | 'ytobj').
+
+  Both arguments map sequence -> frame name -> mask [h, w] (bool, {0,1}, {0,255}; soft maps are
+  thresholded, see the module docstring). Every ground-truth sequence is scored; prediction sequences
+  without ground truth are ignored (listed in `ignored_prediction_sequences`).
+  Returns the results dict described in the module docstring.
+  """
+  protocol_description(protocol)
+  if not ground_truth:
+    raise EvaluationError('No ground-truth sequences to score.')
+  if not predictions:
+    raise EvaluationError('No predicted sequences to score.')
+  missing = sorted(set(ground_truth) - set(predictions), key=_natural_key)
+  if missing:
+    have = sorted(predictions, key=_natural_key)
+    raise EvaluationError(
+        f'No predictions for {len(missing)} ground-truth sequence(s): {", ".join(missing[:10])}'
+        f'{" ..." if len(missing) > 10 else ""}. Predicted sequences: {", ".join(have[:10])}'
+        f'{" ..." if len(have) > 10 else ""}. Predict every sequence of the ground-truth set (names must '
+        'match).')
+  soft_frames: list[str] = []
+  sequences: dict[str, dict[str, Any]] = {}
+  skipped: dict[str, str] = {}
+  for seq in sorted(ground_truth, key=_natural_key):
+    entry, why = score_sequence(seq, predictions[seq], ground_truth[seq], protocol, bound_th=bound_th,
+                                soft_frames=soft_frames)
+    if entry is None:
+      skipped[seq] = why
+    else:
+      sequences[seq] = entry
+  results = aggregate(sequences, protocol, skipped=skipped, soft_frames=soft_frames)
+  results['ignored_prediction_sequences'] = sorted(set(predictions) - set(ground_truth), key=_natural_key)
   return results
 
 
@@ -391,35 +439,6 @@ def _aggregate(sequences: dict[str, dict], with_f: bool) -> dict[str, float | No
 # Output.
 
 
-def _atomic_write(path: str, write: Callable[[Any], None], *, binary: bool = False) -> None:
-  """Writes `path` through a temporary file in the same folder and os.replace, so it is never partial."""
-  directory, name = os.path.split(os.path.abspath(path))
-  # A unique name opened with 'x' (not mkstemp, whose 0600 mode would survive the rename).
-  tmp = os.path.join(directory, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-  try:
-    with open(tmp, 'xb' if binary else 'x', **({} if binary else {'newline': '', 'encoding': 'utf-8'})) as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
 def write_results(results: dict[str, Any], output_dir: str, *,
                   extra: dict[str, Any] | None = None) -> dict[str, str]:
   """Writes results.json, results.csv and results_per_sequence.png into `output_dir`.
@@ -434,11 +453,10 @@ def write_results(results: dict[str, Any], output_dir: str, *,
   os.makedirs(output_dir, exist_ok=True)
   paths = {'json': os.path.join(output_dir, RESULTS_JSON), 'csv': os.path.join(output_dir, RESULTS_CSV),
            'plot': os.path.join(output_dir, RESULTS_PLOT)}
-  document = _jsonable({**results, **extra})
-  _atomic_write(paths['json'], lambda f: json.dump(document, f, indent=2, allow_nan=False))
-  _atomic_write(paths['csv'], lambda f: _write_csv(results, f))
+  files.write_json(paths['json'], {**results, **extra})
+  files.atomic_write(paths['csv'], lambda f: _write_csv(results, f))
   png = _plot_png(results)
-  _atomic_write(paths['plot'], lambda f: f.write(png), binary=True)
+  files.atomic_write(paths['plot'], lambda f: f.write(png), binary=True)
   return paths
 
 
@@ -448,15 +466,21 @@ def _csv_cell(value: Any) -> Any:
   return f'{value:.6f}' if isinstance(value, float) else value
 
 
+def stat_keys(results: Mapping[str, Any]) -> tuple[str, ...]:
+  """The figures of a results dict: its own `stat_keys` (e.g. fgari_miou's FG-ARI, mIoU), else STAT_KEYS."""
+  return tuple(results.get('stat_keys') or STAT_KEYS)
+
+
 def _write_csv(results: dict[str, Any], f) -> None:
+  keys = stat_keys(results)
   writer = csv.writer(f)
-  writer.writerow(['name', 'kind', 'num_frames', *STAT_KEYS])
+  writer.writerow(['name', 'kind', 'num_frames', *keys])
   writer.writerow(['global', 'global', results.get('num_frames', ''),
-                   *(_csv_cell(results.get(k)) for k in STAT_KEYS)])
+                   *(_csv_cell(results.get(k)) for k in keys)])
   for name, entry in results.get('classes', {}).items():
-    writer.writerow([name, 'class', '', *(_csv_cell(entry.get(k)) for k in STAT_KEYS)])
+    writer.writerow([name, 'class', '', *(_csv_cell(entry.get(k)) for k in keys)])
   for name, entry in results['sequences'].items():
-    writer.writerow([name, 'sequence', entry['num_frames'], *(_csv_cell(entry.get(k)) for k in STAT_KEYS)])
+    writer.writerow([name, 'sequence', entry.get('num_frames', ''), *(_csv_cell(entry.get(k)) for k in keys)])
 
 
 def _plot_png(results: dict[str, Any]) -> bytes:
@@ -466,19 +490,21 @@ def _plot_png(results: dict[str, Any]) -> bytes:
 
   names = list(results['sequences'])
   entries = [results['sequences'][n] for n in names]
-  has_f = any(e.get('F_mean') is not None for e in entries)
+  keys = stat_keys(results)
+  if results.get('stat_keys'):  # the protocol's own figures (e.g. FG-ARI, mIoU), up to two bars per entry
+    bars = [(k, k) for k in keys[:2]]
+  else:
+    bars = [('J', 'J_mean')] + ([('F', 'F_mean')] if any(e.get('F_mean') is not None for e in entries) else [])
   x = np.arange(len(names))
-  width = 0.4 if has_f else 0.7
+  width = 0.8 / len(bars)
   fig = Figure(figsize=(max(6.0, 0.3 * len(names) + 2.0), 4.5))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
-  j = [e['J_mean'] for e in entries]
-  ax.bar(x - (width / 2 if has_f else 0), j, width, color='tab:blue', label='J')
-  ax.axhline(results['J_mean'], color='tab:blue', linestyle='--', label=f"J mean {results['J_mean']:.3f}")
-  if has_f:
-    f = [e['F_mean'] for e in entries]
-    ax.bar(x + width / 2, f, width, color='tab:orange', label='F')
-    ax.axhline(results['F_mean'], color='tab:orange', linestyle='--', label=f"F mean {results['F_mean']:.3f}")
+  for b, ((label, key), colour) in enumerate(zip(bars, ('tab:blue', 'tab:orange'))):
+    values = [np.nan if e.get(key) is None else e[key] for e in entries]
+    ax.bar(x + (b - (len(bars) - 1) / 2) * width, values, width, color=colour, label=label)
+    if results.get(key) is not None:
+      ax.axhline(results[key], color=colour, linestyle='--', label=f'{label} mean {results[key]:.3f}')
   ax.set_xticks(x)
   ax.set_xticklabels(names, rotation=90, fontsize=7)
   ax.set_ylim(0.0, 1.15)
@@ -498,6 +524,9 @@ def _plot_png(results: dict[str, Any]) -> bytes:
 def format_summary(results: dict[str, Any]) -> str:
   """A few lines with the dataset figures, for the console."""
   protocol = results.get('protocol', {}).get('name', '?')
+  if protocol in INSTANCE_PROTOCOLS:
+    from gsa_jax import multi_object  # pylint: disable=g-import-not-at-top
+    return multi_object.format_summary(results)
   figures = ', '.join(f'{k} {results[k]:.4f}' for k in STAT_KEYS if results.get(k) is not None)
   lines = [f'[{protocol}] {results.get("num_sequences")} sequences, {results.get("num_frames")} frames: '
            f'{figures}']
@@ -510,19 +539,45 @@ def format_summary(results: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def format_table(results: dict[str, Any]) -> str:
+  """The dataset figures as a small table (one row of J, F and G means, recall and decay)."""
+  rows = [('J', 'J_mean', 'J_recall', 'J_decay'), ('F', 'F_mean', 'F_recall', 'F_decay')]
+  cell = lambda v: f'{v:8.4f}' if v is not None else '     n/a'
+  lines = [f'  {results.get("protocol", {}).get("name", "?")}: {results.get("num_sequences")} sequences, '
+           f'{results.get("num_frames")} frames', '         mean   recall    decay']
+  for name, *keys in rows:
+    if results.get(keys[0]) is not None:
+      lines.append(f'  {name}  ' + ' '.join(cell(results.get(k)) for k in keys))
+  if results.get('G') is not None:
+    lines.append(f'  G  {results["G"]:8.4f}   (J&F mean)')
+  return '\n'.join(lines)
+
+
 def evaluate_folders(predictions_dir: str, ground_truth_dir: str, *, protocol: str = 'davis16',
                      output_dir: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
   """Scores the PNG masks in `predictions_dir` against `ground_truth_dir` and writes the outputs.
 
   Returns the results dict (also written to `output_dir`/results.json).
   """
-  protocol_description(protocol)  # Fail on a bad protocol before reading anything.
-  ground_truth = MaskFolder(ground_truth_dir, role='ground-truth')
-  predictions = MaskFolder(predictions_dir, role='predictions')
-  results = score_sequences(predictions, ground_truth, protocol)
+  if protocol in INSTANCE_PROTOCOLS:
+    from gsa_jax import multi_object  # pylint: disable=g-import-not-at-top
+    from input_pipeline import instances  # pylint: disable=g-import-not-at-top
+    try:
+      ground_truth = instances.InstanceMaskFolder(ground_truth_dir, role='ground-truth')
+      predictions = instances.InstanceMaskFolder(predictions_dir, role='predictions')
+      results = multi_object.score(protocol, predictions, ground_truth)
+    except image_io.DataError as e:
+      raise EvaluationError(str(e)) from e
+    layouts = {'predictions': 'davis', 'ground_truth': 'davis'}
+  else:
+    protocol_description(protocol)  # Fail on a bad protocol before reading anything.
+    ground_truth = MaskFolder(ground_truth_dir, role='ground-truth')
+    predictions = MaskFolder(predictions_dir, role='predictions')
+    results = score_sequences(predictions, ground_truth, protocol)
+    layouts = {'predictions': predictions.layout, 'ground_truth': ground_truth.layout}
   results['predictions_dir'] = os.path.abspath(predictions_dir)
   results['ground_truth_dir'] = os.path.abspath(ground_truth_dir)
-  results['layouts'] = {'predictions': predictions.layout, 'ground_truth': ground_truth.layout}
+  results['layouts'] = layouts
   paths = write_results(results, output_dir, extra=extra)
   print(format_summary(results))
   print(f'Wrote {paths["json"]}, {paths["csv"]} and {paths["plot"]}.')

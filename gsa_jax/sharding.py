@@ -93,3 +93,24 @@ def to_host(tree: Any) -> Any:
     return np.asarray(jax.device_get(x))
 
   return jax.tree.map(fetch, tree)
+
+
+def allgather_json(value: Any) -> list[Any]:
+  """The JSON-able `value` of every process, in process order (a list of one on a single host)."""
+  if jax.process_count() == 1:
+    return [value]
+  import json  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = np.frombuffer(json.dumps(value).encode('utf-8'), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [json.loads(bytes(gathered[i, :sizes[i]]).decode('utf-8')) for i in range(len(sizes))]
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier called `name` (nothing on a single host)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

@@ -6,14 +6,12 @@ Everything returns uint8 [h, w, 3] numpy images; `save_png` writes one atomicall
 from __future__ import annotations
 
 import os
-import uuid
 
 import numpy as np
 from PIL import Image
 
-# ImageNet normalisation of the model inputs (TEAM.md: rgb is ImageNet-normalised).
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from gsa_jax import files
+from input_pipeline.frames import IMAGENET_MEAN, IMAGENET_STD  # the model's RGB normalisation
 
 
 def denormalize_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -88,10 +86,14 @@ def strip(*, rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None, fl
   return np.concatenate(row, axis=1)
 
 
+def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+  """Strips of possibly different widths stacked vertically on white, 2 px apart: uint8 [H, W, 3]."""
+  width = max(r.shape[1] for r in rows)
+  rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+  return np.concatenate(rows, axis=0)
+
+
 def save_png(path: str, image: np.ndarray) -> None:
-  """Writes a uint8 image through a temporary file and os.replace (never a partial PNG)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f'.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp')
-  Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format='PNG')
-  os.replace(tmp, path)
+  """Writes a uint8 image atomically (gsa_jax.files.atomic_write: never a partial PNG)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  files.atomic_write(path, lambda f: Image.fromarray(np.asarray(image, np.uint8)).save(f, format='PNG'), binary=True)

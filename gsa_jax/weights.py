@@ -12,10 +12,13 @@ The per-family key maps live next to their modules (gsa_jax/backbones/*, gsa_jax
 
 import os
 import re
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
 import numpy as np
+
+from gsa_jax import errors
 
 StateDict = dict[str, np.ndarray]
 Variables = dict[str, Any]
@@ -42,19 +45,41 @@ def resolve_source(source: str) -> str:
   return source
 
 
-def read_state_dict(source: str) -> StateDict:
-  """Reads a safetensors or PyTorch checkpoint into {key: float32/int numpy array}."""
+def _unreadable(path: str, e: Exception, what: str) -> errors.UserError:
+  # The first line of the library's message only: torch appends advice to retry with weights_only=False,
+  # which would run any code in the file; that is never an option here.
+  first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return errors.UserError(f'{path} cannot be read as {what} ({type(e).__name__}: {first[:200]}). It is damaged, or '
+                          'holds objects other than tensors (only plain state dicts are read, without running any '
+                          'code in the file). Re-save the weights alone, e.g. torch.save(model.state_dict(), PATH).')
+
+
+def read_state_dict(source: str, *, safe_globals: Sequence[Any] = ()) -> StateDict:
+  """Reads a safetensors or PyTorch checkpoint into {key: float32/int numpy array}.
+
+  PyTorch files are read with torch.load(weights_only=True): tensors and plain containers only; `safe_globals`
+  allow-lists a few more types (e.g. argparse.Namespace in training checkpoints). A file that is damaged or
+  holds anything else gives one error naming it.
+  """
   path = resolve_source(source)
   if path.endswith('.safetensors'):
     from safetensors import safe_open
     state = {}
-    with safe_open(path, framework='numpy') as f:
-      for key in f.keys():
-        state[key] = f.get_tensor(key)
+    try:
+      with safe_open(path, framework='numpy') as f:
+        for key in f.keys():
+          state[key] = f.get_tensor(key)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _unreadable(path, e, 'a safetensors file') from e
     return state
   if path.endswith(_TORCH_SUFFIXES):
+    import pickle  # pylint: disable=g-import-not-at-top
     import torch  # Only needed for PyTorch pickles.
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+      with torch.serialization.safe_globals(list(safe_globals)):
+        loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+      raise _unreadable(path, e, 'a PyTorch state dict') from e
     # Training checkpoints often nest the weights (the official GSA-Net ones under 'model_state_dict').
     for wrapper in ('model_state_dict', 'state_dict', 'model'):
       if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):

@@ -19,11 +19,11 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
+from input_pipeline import frames as frames_lib
 from input_pipeline import images as image_io
 from input_pipeline.images import DataError
 
 FLO_MAGIC = 202021.25
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv', '.gif')
 _SEGMENTS = (('RY', 15), ('YG', 6), ('GC', 4), ('CB', 11), ('BM', 13), ('MR', 6))
 NUM_COLS = sum(n for _, n in _SEGMENTS)  # 55
 
@@ -207,6 +207,18 @@ def _gray(frame: np.ndarray) -> np.ndarray:
   return cv2.cvtColor(frame.astype(np.uint8), cv2.COLOR_RGB2GRAY)
 
 
+MIN_DIS_SIDE = 16  # OpenCV's DIS crashes (or fails) on frames whose sides are shorter (checked on 12-15 px)
+
+
+def check_flow_size(size: tuple[int, int], source: str, method: str = 'dis') -> None:
+  """Refuses frames too small for the flow method (DIS: each side at least MIN_DIS_SIDE px)."""
+  h, w = size
+  if method == 'dis' and min(h, w) < MIN_DIS_SIDE:
+    raise DataError(f'{source}: the frame is {h}x{w} (h x w); DIS optical flow needs frames of at least '
+                    f'{MIN_DIS_SIDE}x{MIN_DIS_SIDE} px. Upscale the frames (e.g. to the model size) or use '
+                    '--flow_method=farneback.')
+
+
 class _FlowEngine:
 
   def __init__(self, method: str = 'dis'):
@@ -229,31 +241,13 @@ def compute_flow_frames(frames: Sequence[np.ndarray], *, method: str = 'dis') ->
   """
   engine = _FlowEngine(method)
   grays = [_gray(f) for f in frames]
+  if grays:
+    check_flow_size(grays[0].shape[:2], 'frame 0', method)
   for k in range(1, len(grays)):
     if grays[k].shape != grays[0].shape:
       raise DataError(f'Frame {k} is {grays[k].shape[:2]} but frame 0 is {grays[0].shape[:2]}; all frames of a '
                       'video must have one size.')
   return [engine(grays[k], grays[k + 1]) for k in range(len(grays) - 1)]
-
-
-def _iter_video(path: str) -> Iterator[np.ndarray]:
-  capture = cv2.VideoCapture(path)
-  if not capture.isOpened():
-    raise DataError(f'{path}: cannot open the video (unknown codec or not a video). Convert it to H.264 mp4, '
-                    'or extract its frames into a folder and pass the folder.')
-  count = 0
-  try:
-    while True:
-      ok, frame = capture.read()
-      if not ok:
-        break
-      count += 1
-      yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-  finally:
-    capture.release()
-  if count == 0:
-    raise DataError(f'{path}: the video holds no readable frame. Convert it to H.264 mp4, or extract its '
-                    'frames into a folder and pass the folder.')
 
 
 def _group_flat(paths: list[str]) -> dict[str, list[str]]:
@@ -273,6 +267,8 @@ def _flow_sequence(frames: Iterator[tuple[str, np.ndarray]], engine: _FlowEngine
   count = 0
   for name, frame, source in frames:
     gray = _gray(frame)
+    if previous is None:
+      check_flow_size(gray.shape[:2], source, engine.method)
     if previous is not None:
       if gray.shape != previous[1].shape:
         raise DataError(f'{source}: the frame is {gray.shape[0]}x{gray.shape[1]} but the previous frame '
@@ -303,8 +299,8 @@ def _frames_from_paths(paths: list[str]) -> Iterator[tuple[str, np.ndarray, str]
 def _plan(input_path: str) -> list[tuple[str, str, list[str] | None]]:
   """[(kind, relative output folder, paths)] with kind 'video' | 'frames' | 'flo'."""
   if os.path.isfile(input_path):
-    if not input_path.lower().endswith(VIDEO_EXTENSIONS):
-      raise DataError(f'{input_path}: not a video file ({", ".join(VIDEO_EXTENSIONS)}). Pass a video or a folder '
+    if not input_path.lower().endswith(frames_lib.VIDEO_EXTENSIONS):
+      raise DataError(f'{input_path}: not a video file ({", ".join(frames_lib.VIDEO_EXTENSIONS)}). Pass a video or a folder '
                       'of frames.')
     return [('video', '', [input_path])]
   if not os.path.isdir(input_path):
@@ -330,9 +326,29 @@ def _plan(input_path: str) -> list[tuple[str, str, list[str] | None]]:
   return plan
 
 
+def _check_frame_headers(paths: Sequence[str], method: str) -> None:
+  """Frame sizes of one video from the headers, before any flow: one size, large enough for `method`."""
+  first = None  # (path, size)
+  for p in paths:
+    try:
+      size = image_io.image_size(p)
+    except DataError:
+      continue  # reported with the decoding error when the frame is read
+    check_flow_size(size, p, method)
+    if first is None:
+      first = (p, size)
+    elif size != first[1]:
+      raise DataError(f'{p}: the frame is {size[0]}x{size[1]} but the first frame ({first[0]}) is '
+                      f'{first[1][0]}x{first[1][1]}; resize all frames of a video to one size.')
+
+
 def compute_flow_for_input(input_path: str, output_dir: str, *, method: str = 'dis', save_raw: bool = False,
-                           show_progress: bool = True) -> str:
+                           show_progress: bool = True, overwrite: bool = False) -> str:
   """Writes one flow image per frame into `output_dir` (created atomically) and returns its path.
+
+  An existing non-empty `output_dir` is refused, or with `overwrite` replaced as a whole once the new
+  flow is complete. Frame folders are checked before any flow is computed (sizes from the headers: DIS
+  needs sides of at least MIN_DIS_SIDE px).
 
   `input_path`: a video file (frames named 00000, 00001, ...), a folder of frames (a flat folder of
   several videos named <video>_<frame> is split per video), a folder of such folders (the output keeps
@@ -342,7 +358,11 @@ def compute_flow_for_input(input_path: str, output_dir: str, *, method: str = 'd
   engine = _FlowEngine(method)
   plan = _plan(input_path)
   total = sum(len(p) for kind, _, p in plan if kind != 'video') or None
-  with image_io.atomic_output_dir(output_dir) as tmp, \
+  for kind, _, paths in plan:
+    if kind == 'frames':
+      _check_frame_headers(paths, method)
+  with image_io.atomic_output_dir(output_dir, replace_if=(lambda _: True) if overwrite else None,
+                                replace_hint='pass --overwrite to replace it') as tmp, \
       tqdm(total=total, desc=f'flow ({method})', unit='frame', disable=not show_progress) as progress:
     for kind, rel, paths in plan:
       out = os.path.join(tmp, rel)
@@ -355,7 +375,7 @@ def compute_flow_for_input(input_path: str, output_dir: str, *, method: str = 'd
             shutil.copyfile(p, os.path.join(out, os.path.basename(p)))
           progress.update(1)
       elif kind == 'video':
-        frames = ((f'{i:05d}', f, f'{paths[0]} frame {i}') for i, f in enumerate(_iter_video(paths[0])))
+        frames = ((f'{i:05d}', f, f'{paths[0]} frame {i}') for i, f in enumerate(frames_lib.VideoFrames(paths[0]).iter_frames()))
         _flow_sequence(frames, engine, out, save_raw, progress, paths[0])
       else:
         _flow_sequence(_frames_from_paths(paths), engine, out, save_raw, progress,

@@ -24,12 +24,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from gsa_jax import errors
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.webp', '.tif', '.tiff')
 MASK_FIX = ('Masks must be binary (two values, one of them 0, e.g. 0/255) or palette PNGs. Re-export it as a '
             'lossless PNG, e.g. `cv2.imwrite(path, (mask > 127).astype(np.uint8) * 255)`.')
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
   """A dataset, image or video that cannot be used as it is; the message names the file and the fix."""
 
 
@@ -79,6 +81,30 @@ def image_size(path: str) -> tuple[int, int]:
   return h, w
 
 
+_JPEG_START, _JPEG_END = b'\xff\xd8', b'\xff\xd9'
+_PNG_START, _PNG_END = b'\x89PNG\r\n\x1a\n', b'IEND\xaeB`\x82'
+_TAIL = 64  # bytes read from the end of a file: the end marker may be followed by a little padding
+
+
+def truncation_problem(path: str) -> str | None:
+  """Why a JPEG or PNG file is cut short (no end marker: JPEG FFD9, PNG IEND), or None; two small reads."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(8)
+      f.seek(max(os.fstat(f.fileno()).st_size - _TAIL, 0))
+      tail = f.read()
+  except OSError as e:
+    return f'{path}: cannot read the file ({e}).'
+  if head.startswith(_JPEG_START) and _JPEG_END not in tail:
+    kind = 'JPEG (no end marker FFD9)'
+  elif head.startswith(_PNG_START) and _PNG_END not in tail:
+    kind = 'PNG (no IEND chunk)'
+  else:
+    return None
+  return (f'{path}: truncated {kind}: the file was cut short (an interrupted copy or download). Re-extract or '
+          're-export it, or delete it together with its mask and flow.')
+
+
 def read_mask(path: str, *, multi_object: bool = False) -> np.ndarray:
   """uint8 [h, w] in {0, 1} under the mask rule of this module."""
   try:
@@ -113,8 +139,9 @@ def read_mask(path: str, *, multi_object: bool = False) -> np.ndarray:
       return (array.max(axis=-1) > 0).astype(np.uint8)
   if array.dtype == bool:
     return array.astype(np.uint8)
-  if not multi_object:
-    values = np.unique(array)
+  if not multi_object:  # the grey levels present (a histogram is much faster than np.unique on uint8)
+    values = (np.flatnonzero(np.bincount(array.ravel(), minlength=256)) if array.dtype == np.uint8
+              else np.unique(array))
     if len(values) > 2 or (len(values) == 2 and values[0] != 0):
       shown = ', '.join(str(v) for v in values[:6]) + (', ...' if len(values) > 6 else '')
       raise DataError(f'{path}: mask with {len(values)} grey levels ({shown}) is neither binary nor palette. ' +
@@ -140,10 +167,11 @@ def write_png(path: str, image: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str, *, replace_if=None) -> Iterator[str]:
+def atomic_output_dir(path: str, *, replace_if=None, replace_hint: str = '') -> Iterator[str]:
   """Yields a temporary folder beside `path`; renames it to `path` on success, deletes it on failure.
 
   `path` must not exist, or be an empty folder, or satisfy `replace_if(path)` (then it is replaced).
+  `replace_hint` (e.g. 'pass --overwrite') is added to the refusal of a non-empty folder.
   Nothing half-written is ever left at `path`.
   """
   path = os.path.abspath(path)
@@ -151,11 +179,14 @@ def atomic_output_dir(path: str, *, replace_if=None) -> Iterator[str]:
     if not os.path.isdir(path):
       raise DataError(f'The output {path} exists and is a file; choose another output folder.')
     if os.listdir(path) and not (replace_if and replace_if(path)):
-      raise DataError(f'The output folder {path} already exists and is not empty; remove it or choose '
-                      'another output folder.')
+      raise DataError(f'The output folder {path} already exists and is not empty; remove it, choose '
+                      f'another output folder{" or " + replace_hint if replace_hint else ""}.')
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.tmp-', dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
   try:
     yield tmp
     if os.path.exists(path):

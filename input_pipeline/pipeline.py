@@ -25,36 +25,33 @@ import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
+from gsa_jax import errors
 from input_pipeline import datasets
 from input_pipeline import flow as flow_lib
+from input_pipeline import frames as frames_lib
 from input_pipeline import images as image_io
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _SALT = {'order': 11, 'sub': 12, 'example': 13, 'size': 14}
-
-
-def _get(cfg, key: str, default):
-  try:
-    value = cfg[key] if key in cfg else default
-  except TypeError:
-    value = getattr(cfg, key, default)
-  return default if value is None else value
+# The training inputs a model can ask for (contract.Model.train_input):
+#   'reference_frames'  a target frame with its flow and mask, and N_R (RGB, flow) references of its video;
+#   'images'            a still image (or a video frame) with its mask (stage-1 saliency models);
+#   'clips'             2N + 1 consecutive frames around every frame, no labels (SOLV; input_pipeline.clips).
+TRAIN_INPUTS = ('reference_frames', 'images', 'clips')
+REFERENCE_RULES = ('official', 'paper')
 
 
 def _sizes(data_config) -> tuple[int, ...]:
-  sizes = tuple(int(s) for s in (_get(data_config, 'multiscale_sizes', ()) or ()))
-  return sizes or (int(_get(data_config, 'image_size', 512)),)
+  sizes = tuple(int(s) for s in (data_config.multiscale_sizes or ()))
+  return sizes or (int(data_config.image_size),)
 
 
 def _root(data_config, role: str) -> str:
-  root = _get(data_config, f'{role}_root', '')
-  name = _get(data_config, role, '')
+  root = data_config[f'{role}_root']
+  name = data_config[role]
   if not root and name in ('synthetic', 'synthetic_images'):
-    root = _get(data_config, 'synthetic_root', '')
+    root = data_config.synthetic_root
   return root
 
 
@@ -63,19 +60,19 @@ def _root(data_config, role: str) -> str:
 
 
 def _video_sets(data_config) -> list[list[datasets.VideoRecord]]:
-  check = _get(data_config, 'check', 'first')
+  check = data_config.check
   sets = [datasets.list_videos(data_config.train, _root(data_config, 'train'), 'train', check=check)]
-  sub = _get(data_config, 'train_sub', '')
+  sub = data_config.train_sub
   if sub:
-    sets.append(datasets.list_videos(sub, _get(data_config, 'train_sub_root', ''), 'train', check=check))
+    sets.append(datasets.list_videos(sub, data_config.train_sub_root, 'train', check=check))
   return sets
 
 
 def _image_records(data_config) -> list[datasets.ImageRecord]:
-  name = _get(data_config, 'train', 'synthetic_images')
+  name = data_config.train
   if name == 'synthetic':  # the saliency stage on a synthetic set uses its still images
     name = 'synthetic_images'
-  return datasets.list_images(name, _root(data_config, 'train'), 'train', check=_get(data_config, 'check', 'first'))
+  return datasets.list_images(name, _root(data_config, 'train'), 'train', check=data_config.check)
 
 
 def _targets(records: Sequence[datasets.VideoRecord], offset: int) -> list[int]:
@@ -86,9 +83,18 @@ def _targets(records: Sequence[datasets.VideoRecord], offset: int) -> list[int]:
   return out
 
 
-def steps_per_epoch(data_config, *, kind: str, batch_size: int) -> int:
+def _check_input(train_input: str) -> None:
+  if train_input not in TRAIN_INPUTS:
+    raise ValueError(f'Unknown training input {train_input!r}; the pipeline builds {TRAIN_INPUTS}.')
+
+
+def steps_per_epoch(data_config, *, train_input: str, batch_size: int) -> int:
   """Steps of one epoch at the global batch size (official: all main targets [+ as many from train_sub])."""
-  if kind == 'saliency':
+  _check_input(train_input)
+  if train_input == 'clips':
+    from input_pipeline import clips  # pylint: disable=g-import-not-at-top
+    n = clips.num_examples(data_config)
+  elif train_input == 'images':
     n = len(_image_records(data_config))
   else:
     sets = _video_sets(data_config)
@@ -236,33 +242,30 @@ def _same_size(a, b, path_a, path_b):
                                   path_b, tf.shape(b)[:2]])
 
 
-def _normalise(rgb):
-  if not isinstance(rgb, np.ndarray):
-    rgb = _tf().clip_by_value(rgb, 0.0, 255.0)
-  return (rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-
-
 # ------------------------------------------------------------------------------------------------
 # The training iterator.
 
 
-def build_train_dataset(data_config, *, kind: str, batch_size: int, seed: int, start_step: int = 0,
+def build_train_dataset(data_config, *, train_input: str, batch_size: int, seed: int, start_step: int = 0,
                         process_index: int = 0, process_count: int = 1, num_refs: int | None = None):
   """The tf.data.Dataset behind create_train_iterator (batched, prefetched, infinite)."""
   tf = _tf()
-  if kind not in ('video', 'saliency'):
-    raise ValueError(f"kind must be 'video' or 'saliency', got {kind!r}")
+  _check_input(train_input)
+  if train_input == 'clips':
+    from input_pipeline import clips  # pylint: disable=g-import-not-at-top
+    return clips.build_clip_dataset(data_config, batch_size=batch_size, seed=seed, start_step=start_step,
+                                    process_index=process_index, process_count=process_count)
+  video = train_input == 'reference_frames'
   b, p_count, p_index = int(batch_size), int(process_count), int(process_index)
-  num_refs = int(num_refs if num_refs is not None else _get(data_config, 'num_refs', 4))
+  num_refs = int(num_refs if num_refs is not None else data_config.num_refs)
   sizes = tf.constant(_sizes(data_config), tf.int32)
-  augment = bool(_get(data_config, 'augment', True))
-  flip_flow = bool(_get(data_config, 'flip_flow', False))
-  aug_kwargs = dict(max_border=int(_get(data_config, 'crop_border', 30)),
-                    border_fraction=float(_get(data_config, 'crop_border_fraction', 0.1)),
-                    rotation_prob=float(_get(data_config, 'rotation_prob', 0.2)))
+  augment = bool(data_config.augment)
+  flip_flow = bool(data_config.flip_flow)
+  aug_kwargs = dict(max_border=int(data_config.crop_border), border_fraction=float(data_config.crop_border_fraction),
+                    rotation_prob=float(data_config.rotation_prob))
   seed = int(seed)
 
-  if kind == 'video':
+  if video:
     sets = _video_sets(data_config)
     records = [r for s in sets for r in s]
     frame_paths = [p for r in records for p in r.frame_paths]
@@ -314,7 +317,7 @@ def build_train_dataset(data_config, *, kind: str, batch_size: int, seed: int, s
     mask = _read_mask(tf.gather(t_masks, fid))
     images = {'rgb': rgb, 'mask': mask * 255.0}
     checks = [_same_size(rgb, mask, tf.gather(t_frames, fid), tf.gather(t_masks, fid))]
-    if kind == 'video':
+    if video:
       images['flow'] = _read_image(tf.gather(t_flows, fid), None)
       checks.append(_same_size(rgb, images['flow'], tf.gather(t_frames, fid), tf.gather(t_flows, fid)))
     with tf.control_dependencies(checks):
@@ -322,8 +325,8 @@ def build_train_dataset(data_config, *, kind: str, batch_size: int, seed: int, s
     h, w = tf.shape(rgb)[0], tf.shape(rgb)[1]
     params = draw_augmentation(keys[0], h, w, **aug_kwargs)
     out = apply_augmentation(images, params, size, flip_flow=flip_flow, augment=augment)
-    example = {'rgb': _normalise(out['rgb']), 'mask': tf.clip_by_value(out['mask'] / 255.0, 0.0, 1.0)}
-    if kind == 'video':
+    example = {'rgb': frames_lib.normalise_rgb(out['rgb']), 'mask': tf.clip_by_value(out['mask'] / 255.0, 0.0, 1.0)}
+    if video:
       example['flow'] = tf.clip_by_value(out['flow'] / 255.0, 0.0, 1.0)
       v = tf.gather(t_video, fid)
       start, length = tf.gather(t_starts, v), tf.gather(t_lengths, v)
@@ -338,7 +341,7 @@ def build_train_dataset(data_config, *, kind: str, batch_size: int, seed: int, s
           ref = {k: tf.identity(v) for k, v in ref.items()}
         rp = draw_augmentation(keys[r + 2], tf.shape(ref['rgb'])[0], tf.shape(ref['rgb'])[1], **aug_kwargs)
         ref = apply_augmentation(ref, rp, size, flip_flow=flip_flow, augment=augment)
-        ref_rgb.append(_normalise(ref['rgb']))
+        ref_rgb.append(frames_lib.normalise_rgb(ref['rgb']))
         ref_flow.append(tf.clip_by_value(ref['flow'] / 255.0, 0.0, 1.0))
       example['ref_rgb'] = tf.stack(ref_rgb)
       example['ref_flow'] = tf.stack(ref_flow)
@@ -346,20 +349,21 @@ def build_train_dataset(data_config, *, kind: str, batch_size: int, seed: int, s
     example['index'] = fid
     return example
 
-  parallel = int(_get(data_config, 'num_parallel_calls', -1))
+  parallel = int(data_config.num_parallel_calls)
   ds = tf.data.Dataset.range(int(start_step) * b, 2 ** 62)
   load = tf.autograph.experimental.do_not_convert(load)  # plain Python control flow; tracing is 5x faster
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE if parallel < 0 else parallel, deterministic=True)
   ds = ds.batch(b, drop_remainder=True)
-  return ds.prefetch(int(_get(data_config, 'prefetch', 2)) or tf.data.AUTOTUNE)
+  return ds.prefetch(int(data_config.prefetch) or tf.data.AUTOTUNE)
 
 
-def create_train_iterator(data_config, *, kind: str, batch_size: int, seed: int, start_step: int = 0,
+def create_train_iterator(data_config, *, train_input: str, batch_size: int, seed: int, start_step: int = 0,
                           process_index: int = 0, process_count: int = 1, num_refs: int | None = None,
                           with_indices: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of numpy arrays: rgb [b,s,s,3], mask [b,s,s,1], and for kind='video' flow [b,s,s,3],
-  ref_rgb and ref_flow [b,t,s,s,3]. `with_indices` adds 'index' (target frame id) and 'ref_index'."""
-  ds = build_train_dataset(data_config, kind=kind, batch_size=batch_size, seed=seed, start_step=start_step,
+  """Batches of numpy arrays: rgb [b,s,s,3], mask [b,s,s,1], and for 'reference_frames' flow [b,s,s,3],
+  ref_rgb and ref_flow [b,t,s,s,3]; for 'clips' frames [b,F,h,w,3] and frame_mask [b,F] (input_pipeline.
+  clips). `with_indices` adds 'index' (target frame id) and 'ref_index'."""
+  ds = build_train_dataset(data_config, train_input=train_input, batch_size=batch_size, seed=seed, start_step=start_step,
                            process_index=process_index, process_count=process_count, num_refs=num_refs)
   for batch in ds.as_numpy_iterator():
     if not with_indices:
@@ -372,52 +376,17 @@ def create_train_iterator(data_config, *, kind: str, batch_size: int, seed: int,
 # Evaluation.
 
 
-def reference_indices(length: int, num_refs: int) -> np.ndarray:
-  """Official test references: frames i * (L // N_R), i = 0..N_R-1."""
-  return np.array([i * (length // num_refs) for i in range(num_refs)], np.int64)
+def reference_indices(length: int, num_refs: int, rule: str = 'official') -> list[int]:
+  """The N_R test-time reference frames of a video of `length` frames.
 
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-  h, w = image.shape[:2]
-  interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
-  return cv2.resize(image, (size, size), interpolation=interp)
-
-
-def load_eval_video(record: datasets.VideoRecord, *, image_size: int, num_refs: int) -> dict[str, Any]:
-  """rgb [L,s,s,3] ImageNet-normalised, flow [L,s,s,3] in [0,1], ref_indices [N_R] (official uniform rule),
-  masks: list of original-size uint8 {0,1} masks (None for frames without annotation), original_size
-  (h, w), frame_names."""
-  rgb, flows, size = [], [], None
-  for frame_path, flow_path in zip(record.frame_paths, record.flow_paths):
-    frame = image_io.read_rgb(frame_path)
-    flow = image_io.read_rgb(flow_path)
-    if size is None:
-      size = frame.shape[:2]
-    if frame.shape[:2] != size:
-      raise image_io.DataError(f'{frame_path}: the frame is {frame.shape[0]}x{frame.shape[1]} but the first frame '
-                               f'of video {record.name!r} is {size[0]}x{size[1]}; all frames must have one size.')
-    if flow.shape[:2] != size:
-      raise image_io.DataError(f'{flow_path}: the flow is {flow.shape[0]}x{flow.shape[1]} but its frame is '
-                               f'{size[0]}x{size[1]}. Re-make the flow from these frames.')
-    rgb.append(_normalise(_resize(frame, image_size).astype(np.float32)))
-    flows.append(_resize(flow, image_size).astype(np.float32) / 255.0)
-  masks = []
-  for path in record.mask_paths:
-    if path is None:
-      masks.append(None)
-      continue
-    mask = image_io.read_mask(path, multi_object=True)
-    if mask.shape != size:
-      raise image_io.DataError(f'{path}: the mask is {mask.shape[0]}x{mask.shape[1]} but its frame is '
-                               f'{size[0]}x{size[1]}.')
-    masks.append(mask)
-  return {'rgb': np.stack(rgb), 'flow': np.stack(flows), 'ref_indices': reference_indices(len(record), num_refs),
-          'masks': masks, 'original_size': tuple(int(s) for s in size), 'frame_names': list(record.frame_names),
-          'name': record.name}
-
-
-def load_eval_image(record: datasets.ImageRecord, *, image_size: int) -> dict[str, Any]:
-  """A still image for the saliency model: rgb [s,s,3] normalised, mask original-size uint8 {0,1}."""
-  frame = image_io.read_rgb(record.image_path)
-  return {'rgb': _normalise(_resize(frame, image_size).astype(np.float32)),
-          'mask': image_io.read_mask(record.mask_path), 'original_size': frame.shape[:2], 'name': record.name}
+  'official' (GSA-Net's and DPA's released loaders): frames i * (L // N_R), i = 0..N_R-1;
+  'paper' (DPA's text): frames floor(i (L - 1) / (N_R - 1)), first and last included.
+  """
+  if rule not in REFERENCE_RULES:
+    raise errors.ConfigError(f'Unknown reference rule {rule!r} (data.test_reference_rule); choose one of '
+                             f'{REFERENCE_RULES}.')
+  if rule == 'paper' and num_refs > 1:
+    return [int(i * (length - 1) // (num_refs - 1)) for i in range(num_refs)]
+  if rule == 'paper':
+    return [0]
+  return [int(i * (length // num_refs)) for i in range(num_refs)]

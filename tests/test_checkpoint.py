@@ -16,9 +16,8 @@ from gsa_jax import checkpoint as ckpt_lib
 RUN = '''
 import sys, json
 import trainer_testlib as tl
-tl.use_tiny_model()
 from gsa_jax import train
-config = tl.tiny_config({root!r}, steps={steps})
+config = tl.tiny_config({root!r}, steps={steps}, model=tl.TINY)
 config.train.checkpoint_every_steps = {every}
 out = train.train_and_evaluate(config, {workdir!r})
 '''

@@ -6,7 +6,6 @@ module names (torchvision itself does not import beside torch 2.13).
 """
 
 import os
-import pickle
 import re
 
 import jax
@@ -17,8 +16,12 @@ import torch
 from torch import nn as tnn
 import transformers
 
-from gsa_jax import convert
 from gsa_jax import backbones
+from gsa_jax import checkpoint as ckpt_lib
+from gsa_jax import convert
+from gsa_jax import errors
+from gsa_jax import weights
+from gsa_jax.backbones import resnet_weights
 
 torch.set_num_threads(1)
 TOLERANCE = 1e-4
@@ -176,11 +179,12 @@ def test_mit_matches_hf_segformer(hf_mit, tmp_path):
   output = tmp_path / 'converted'
   output.mkdir()  # An empty folder is accepted.
   convert.convert(str(source), kind='mit', output_dir=str(output))
-  assert _listing(output) == ['meta.json', 'variables']
+  assert _listing(output) == ['checkpoints']  # the one checkpoint format: step 0, no optimiser state
   assert _listing(tmp_path) == ['converted', 'model.safetensors']  # No staging left behind.
 
-  meta, variables = convert.load_converted(str(output))
-  assert meta == {'kind': 'mit', 'scope': 'backbone', 'backbone': 'mit_b0', 'source': str(source)}
+  variables, meta = ckpt_lib.load_variables(str(output))
+  assert (meta['kind'], meta['scope'], meta['backbone'], meta['converted_from'], meta['step']) == (
+      'mit', 'backbone', 'mit_b0', str(source), 0)
   model = backbones.build_backbone('mit_b0')
   ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   worst = _assert_matches(ours, hidden)
@@ -203,9 +207,9 @@ def test_mit_v4_names_with_prefix_in_bin_folder(hf_mit, tmp_path):
 
   convert.convert(str(folder), kind='mit', output_dir=str(tmp_path / 'from_v4'))
   convert.convert(str(tmp_path / 'v5.safetensors'), kind='mit', output_dir=str(tmp_path / 'from_v5'))
-  meta, from_v4 = convert.load_converted(str(tmp_path / 'from_v4'))
-  _, from_v5 = convert.load_converted(str(tmp_path / 'from_v5'))
-  assert meta['backbone'] == 'mit_b0' and meta['source'].endswith('pytorch_model.bin')
+  from_v4, meta = ckpt_lib.load_variables(str(tmp_path / 'from_v4'))
+  from_v5, _ = ckpt_lib.load_variables(str(tmp_path / 'from_v5'))
+  assert meta['backbone'] == 'mit_b0' and meta['converted_from'].endswith('pytorch_model.bin')
   jax.tree.map(np.testing.assert_array_equal, from_v4, from_v5)
 
 
@@ -214,7 +218,7 @@ def test_resnet_matches_torch(torch_resnet, tmp_path):
   source = tmp_path / 'resnet18.pth'
   torch.save(state, str(source))
   convert.convert(str(source), kind='resnet', output_dir=str(tmp_path / 'converted'))
-  meta, variables = convert.load_converted(str(tmp_path / 'converted'))
+  variables, meta = ckpt_lib.load_variables(str(tmp_path / 'converted'))
   assert meta['backbone'] == 'resnet18' and meta['kind'] == 'resnet'
   np.testing.assert_array_equal(variables['batch_stats']['layer2']['block_0']['downsample_bn']['var'],
                                 state['layer2.0.downsample.1.running_var'].numpy())
@@ -228,8 +232,8 @@ def test_resnet_safetensors_gives_same_variables(torch_resnet, tmp_path):
   state, _, _ = torch_resnet
   torch.save(state, str(tmp_path / 'r.bin'))
   safetensors.torch.save_file(state, str(tmp_path / 'r.safetensors'))
-  from_bin = convert.convert_resnet(convert.read_state_dict(str(tmp_path / 'r.bin')))
-  from_st = convert.convert_resnet(convert.read_state_dict(str(tmp_path / 'r.safetensors')))
+  from_bin = resnet_weights.convert(weights.read_state_dict(str(tmp_path / 'r.bin')))
+  from_st = resnet_weights.convert(weights.read_state_dict(str(tmp_path / 'r.safetensors')))
   assert from_bin[0] == from_st[0] == 'resnet18'
   jax.tree.map(np.testing.assert_array_equal, from_bin[1], from_st[1])
 
@@ -295,10 +299,14 @@ def test_refuses_non_empty_output_and_unsafe_pickles(torch_resnet, tmp_path):
   with pytest.raises(ValueError, match='not an empty folder'):
     convert.convert(str(tmp_path / 'r.bin'), kind='resnet', output_dir=str(busy))
   assert _listing(busy) == ['keep.txt']
-  # weights_only=True: a pickle holding an arbitrary object is refused, not executed.
+  # weights_only=True: a pickle holding an arbitrary object is refused, not executed, with one clear error
+  # that never passes on torch's advice to load with weights_only=False.
   torch.save({'conv1.weight': torch.zeros(1), 'payload': _Payload()}, str(tmp_path / 'evil.bin'))
-  with pytest.raises(pickle.UnpicklingError):
-    convert.convert(str(tmp_path / 'evil.bin'), kind='resnet', output_dir=str(tmp_path / 'out'))
+  (tmp_path / 'noise.pth').write_bytes(np.random.default_rng(0).bytes(4096))
+  for name in ('evil.bin', 'noise.pth'):
+    with pytest.raises(errors.UserError, match=rf'{name} cannot be read as a PyTorch state dict') as error:
+      convert.convert(str(tmp_path / name), kind='resnet', output_dir=str(tmp_path / 'out'))
+    assert 'weights_only=False' not in str(error.value) and 'Re-save the weights alone' in str(error.value)
   assert not (tmp_path / 'out').exists()
 
 
@@ -311,11 +319,11 @@ def test_kinds_and_bad_folders(tmp_path):
   safetensors.torch.save_file({'conv1.weight': torch.zeros(1)}, str(source))
   with pytest.raises(ValueError, match='not a GSA-Net model'):
     convert.convert(str(source), kind='gsanet', output_dir=str(tmp_path / 'out'))
-  with pytest.raises(ValueError, match='Unknown --kind'):
-    convert.convert(str(source), kind='vit', output_dir=str(tmp_path / 'out'))
+  with pytest.raises(ValueError, match=r'Unknown --kind=.no_such_kind.; choose one of .*gsanet.*mit.*resnet'):
+    convert.convert(str(source), kind='no_such_kind', output_dir=str(tmp_path / 'out'))
   with pytest.raises(ValueError, match='folder without model.safetensors or pytorch_model.bin'):
     convert.convert(str(tmp_path), kind='mit', output_dir=str(tmp_path / 'out'))
   assert _listing(tmp_path) == ['w.safetensors']
-  with pytest.raises(ValueError, match='is not a converted checkpoint'):
-    convert.load_converted(str(tmp_path))
-  assert 'gsanet' in convert.CONVERTERS and convert.CONVERTERS['mit'][0] == 'backbone'
+  with pytest.raises(ckpt_lib.CheckpointError, match='is not a checkpoint'):
+    ckpt_lib.load_variables(str(tmp_path))
+  assert {'gsanet', 'mit', 'resnet'} <= set(convert.kinds()) and 'mit' in backbones.WEIGHT_CONVERTERS

@@ -2,7 +2,7 @@
 
 1. Round trip: our tiny model's random variables -> `to_official_state_dict` -> a torch .pth shaped like
    the official training checkpoints ({"epoch", "model_state_dict"}, DataParallel `module.` keys) ->
-   `convert` -> `load_converted`: the same variables, the same model outputs. Also the stage-1 model.
+   `convert` -> `checkpoint.load_variables`: the same variables, the same model outputs. Also the stage-1 model.
 2. Layout: a few official modules written here in torch from the reference notes (MFFM, FAT, Res, Fusion,
    a head) plus transformers' SegformerForImageClassification as the encoder: their state-dict names and
    shapes must be exactly those we emit, and after conversion our Flax modules must give their outputs.
@@ -21,9 +21,11 @@ import torch
 from torch import nn as tnn
 import transformers
 
-from configs import defaults
+from gsa_jax import checkpoint
 from gsa_jax import convert
+from gsa_jax.models.gsanet import config as gsanet_config
 from gsa_jax.models.gsanet import network as models
+from gsa_jax.models.gsanet import weights as gsanet_weights
 from gsa_jax import backbones
 from gsa_jax.models.gsanet import decoder as decoder_lib
 from gsa_jax.models.gsanet import fat as fat_lib
@@ -38,14 +40,14 @@ TINY_SALIENCY = dict(kind='saliency', backbone='mit_b0', dim=DIM)
 
 
 def _model_config(**fields) -> ml_collections.ConfigDict:
-  config = defaults.model_config()
+  config = gsanet_config.model_config()
   config.update(fields)
   return config
 
 
 def _random_variables(model_config, seed: int):
   """Random variables of the model, every leaf distinct (BN statistics and norm scales included)."""
-  abstract = convert._abstract_model_variables(model_config)
+  abstract = gsanet_weights.abstract_variables(model_config)
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -77,7 +79,7 @@ def _assert_same_tree(a, b):
 @pytest.fixture(scope='module')
 def tiny_video():
   variables = _random_variables(_model_config(**TINY), seed=0)
-  return variables, convert.to_official_state_dict(variables, _model_config(**TINY))
+  return variables, gsanet_weights.to_official_state_dict(variables, _model_config(**TINY))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,17 +119,17 @@ def test_video_checkpoint_round_trip(tiny_video, tmp_path):
 
   output = tmp_path / 'converted'
   convert.convert(source, kind='gsanet', output_dir=str(output), config=_model_config(**TINY))
-  assert sorted(os.listdir(output)) == ['meta.json', 'variables']
+  assert sorted(os.listdir(output)) == ['checkpoints']
   assert sorted(os.listdir(tmp_path)) == ['best_model.pth', 'converted']  # No staging folder left.
-  meta, loaded = convert.load_converted(str(output))
-  assert {k: meta[k] for k in ('kind', 'scope', 'backbone')} == {
-      'kind': 'gsanet', 'scope': 'model', 'backbone': 'mit_b0'}
-  assert meta['source'] == source
+  loaded, meta = checkpoint.load_variables(str(output))
+  assert {k: meta[k] for k in ('kind', 'scope')} == {'kind': 'gsanet', 'scope': 'model'}
+  assert meta['model']['backbone'] == 'mit_b0' and meta['config']['model'] == meta['model']
+  assert meta['converted_from'] == source
   assert {k: meta['model'][k] for k in TINY} == TINY
   _assert_same_tree(loaded, variables)
 
   # The model gives the same outputs with both (same input, same k-means key).
-  model = models.build_model(meta['model'])
+  model = models.build_model(gsanet_config.network_fields(meta['model']))
   rng = np.random.default_rng(1)
   x = {k: jnp.asarray(rng.normal(size=s).astype(np.float32)) for k, s in
        dict(rgb=(1, 64, 64, 3), flow=(1, 64, 64, 3), ref_rgb=(1, 2, 64, 64, 3),
@@ -144,8 +146,8 @@ def test_video_checkpoint_without_config_uses_the_official_settings(tiny_video, 
   _, state = tiny_video
   source = _save_pth(tmp_path / 'bare.pth', state, wrapped=False)  # A bare state dict, no `module.`.
   convert.convert(source, kind='gsanet', output_dir=str(tmp_path / 'out'))
-  meta, _ = convert.load_converted(str(tmp_path / 'out'))
-  official = defaults.model_config().to_dict()
+  _, meta = checkpoint.load_variables(str(tmp_path / 'out'))
+  official = gsanet_config.model_config().to_dict()
   assert meta['kind'] == 'gsanet'
   # Inferred from the shapes; the rest is the official configuration (knn_k capped at M).
   assert {k: meta['model'][k] for k in ('kind', 'backbone', 'dim', 'num_slots', 'num_clusters', 'knn_k')} == {
@@ -158,14 +160,14 @@ def test_pretrain_checkpoint_round_trip(tmp_path):
   config = _model_config(**TINY_SALIENCY)
   variables = _random_variables(config, seed=1)
   # transformers 5.x encoder names this time; stage-1 MFFM branches are not wrapped in Sequential.
-  state = convert.to_official_state_dict(variables, config, mit_names='v5')
+  state = gsanet_weights.to_official_state_dict(variables, config, mit_names='v5')
   assert state['rgb_MFFM3.branch2.conv.weight'].shape == (DIM, DIM, 3, 3)
   assert 'rgb_encoder.segformer.stages.0.blocks.1.attention.q_proj.weight' in state
   assert not any(k.startswith(('flow_', 'rgb_SG', 'total_fuse')) or '.branch0.0.' in k for k in state)
   source = _save_pth(tmp_path / 'pretrain.pth', state, wrapped=True)
   convert.convert(source, kind='gsanet', output_dir=str(tmp_path / 'out'))
-  meta, loaded = convert.load_converted(str(tmp_path / 'out'))
-  assert (meta['kind'], meta['scope'], meta['backbone']) == ('saliency', 'model', 'mit_b0')
+  loaded, meta = checkpoint.load_variables(str(tmp_path / 'out'))
+  assert (meta['kind'], meta['scope'], meta['model']['backbone']) == ('gsanet', 'model', 'mit_b0')
   assert meta['model']['kind'] == 'saliency' and meta['model']['dim'] == DIM
   _assert_same_tree(loaded, variables)
 
@@ -329,14 +331,14 @@ def test_official_layout_against_torch_modules(tiny_video, tmp_path):
     for k in ours:
       state.pop(k)
     if prefix == 'rgb_encoder.':  # transformers 5.x names here; ours default to the official 4.x ones.
-      ours = convert.to_official_state_dict(tiny_video[0], _model_config(**TINY), mit_names='v5')
+      ours = gsanet_weights.to_official_state_dict(tiny_video[0], _model_config(**TINY), mit_names='v5')
       ours = {k: v for k, v in ours.items() if k.startswith(prefix)}
     assert {k: tuple(v.shape) for k, v in theirs.items()} == {k: v.shape for k, v in ours.items()}, prefix
     state.update({k: v.numpy() for k, v in theirs.items()})
 
   source = _save_pth(tmp_path / 'mixed.pth', state, wrapped=True)
   convert.convert(source, kind='gsanet', output_dir=str(tmp_path / 'out'), config=_model_config(**TINY))
-  _, variables = convert.load_converted(str(tmp_path / 'out'))
+  variables, _ = checkpoint.load_variables(str(tmp_path / 'out'))
   params, stats = variables['params'], variables['batch_stats']
   rng = np.random.default_rng(5)
   errors = {}
@@ -442,9 +444,9 @@ def test_other_architectures_and_configs_are_refused(tiny_video, tmp_path):
 ])
 def test_official_mit_b2_sizes(kind, keys, params):
   config = _model_config(kind=kind)  # configs/defaults.py = the official model
-  abstract = convert._abstract_model_variables(config)
+  abstract = gsanet_weights.abstract_variables(config)
   zeros = jax.tree.map(lambda a: np.zeros(a.shape, np.float32), abstract)
-  state = convert.to_official_state_dict(zeros, config)
+  state = gsanet_weights.to_official_state_dict(zeros, config)
   if keys is not None:
     assert len(state) == keys
   counted = sum(v.size for k, v in state.items() if not k.endswith(('running_mean', 'running_var',

@@ -15,9 +15,8 @@ import json, sys, jax
 if {num_processes} > 1:
   jax.distributed.initialize(coordinator_address={address!r}, num_processes={num_processes}, process_id={pid})
 import trainer_testlib as tl
-tl.use_tiny_model()
 from gsa_jax import train
-config = tl.tiny_config({root!r}, steps=3, batch=4)
+config = tl.tiny_config({root!r}, steps=3, batch=4, model=tl.TINY)
 out = train.train_and_evaluate(config, {workdir!r})
 print('RESULT', json.dumps({{'processes': jax.process_count(), 'loss': out['loss_history'],
                              'kernel': out['params']['decoder']['kernel'].ravel().tolist()}}))

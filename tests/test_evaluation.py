@@ -222,11 +222,18 @@ def test_write_results_extra_and_nan(tmp_path):
   assert os.stat(tmp_path / 'results.json').st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
-def test_write_results_leaves_nothing_half_written(tmp_path):
+def test_write_results_leaves_nothing_half_written(tmp_path, monkeypatch):
+  from gsa_jax import files
   gt = {'s': {f: _box(3, 4) for f in _frames(4)}}
   results = evaluation.score_sequences(gt, gt, 'davis16')
-  with pytest.raises(TypeError):  # json.dump fails part-way through the file
-    evaluation.write_results(results, str(tmp_path / 'out'), extra={'not_json': object()})
+
+  def fails_part_way(document, f, **kwargs):
+    f.write('{"partial": ')
+    raise OSError('disk full')
+
+  monkeypatch.setattr(files.json, 'dump', fails_part_way)
+  with pytest.raises(OSError, match='disk full'):
+    evaluation.write_results(results, str(tmp_path / 'out'))
   assert os.listdir(tmp_path / 'out') == []
 
 
@@ -313,7 +320,7 @@ def test_error_mixed_layout_bad_flat_name_and_protocol(tmp_path):
   with pytest.raises(evaluation.EvaluationError, match='<sequence>_<frame>.png'):
     evaluation.MaskFolder(str(tmp_path / 'flat'))
   with pytest.raises(evaluation.EvaluationError, match='Unknown protocol'):
-    _evaluate(tmp_path, protocol='davis17')
+    _evaluate(tmp_path, protocol='davis2016')
 
 
 def test_ytobj_nested_folders_and_j_only_outputs(tmp_path, capsys):

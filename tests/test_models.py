@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import defaults
+from gsa_jax import registry
+from gsa_jax.bench import timing
+from gsa_jax.models.gsanet import config as gsanet_config
 from gsa_jax.models.gsanet import network as models
 from gsa_jax import summary
 
@@ -21,7 +23,7 @@ SIZE, BATCH, REFS = 64, 2, 2
 TINY = dict(backbone='tiny_cnn', dim=16, num_clusters=8, knn_k=4, drop_path_rate=0.0)
 
 # Experiment configs (file[:arg]) whose model sections must build and train at the tiny size.
-CONFIGS = ['davis_mitb2', 'davis_r101', 'davis_paper'] + [f'ablation:{r}' for r in 'abcdef']
+CONFIGS = ['gsanet_davis_mitb2', 'gsanet_davis_r101', 'gsanet_davis_paper'] + [f'gsanet_ablation:{r}' for r in 'abcdef']
 
 
 def _load(name: str):
@@ -34,7 +36,7 @@ def _tiny_settings(model_config, **extra) -> models.ModelSettings:
   cfg = model_config.copy_and_resolve_references()
   cfg.update(TINY)
   cfg.update(extra)
-  return models.ModelSettings.from_config(cfg)
+  return models.ModelSettings.from_config(gsanet_config.network_fields(cfg))
 
 
 def _inputs(num_refs=REFS, seed=0):
@@ -50,7 +52,7 @@ def _setup(settings: models.ModelSettings, num_refs: int = REFS):
   model = models.GSANet(settings)
   inputs = _inputs(num_refs)
   abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), inputs))
-  variables = models.random_variables(abstract)
+  variables = timing.random_variables(abstract)
   forward = jax.jit(lambda v, k, inp: model.apply(v, **inp, train=False, kmeans_key=k))
   probe = jax.random.uniform(jax.random.key(9), (BATCH, SIZE, SIZE, 1))
 
@@ -66,7 +68,7 @@ def _setup(settings: models.ModelSettings, num_refs: int = REFS):
 
 
 def _default_setup():
-  return _setup(_tiny_settings(defaults.model_config()), REFS)  # same cache key as the config test
+  return _setup(_tiny_settings(gsanet_config.model_config()), REFS)  # same cache key as the config test
 
 
 def _leaves(tree):
@@ -77,11 +79,11 @@ def _leaves(tree):
 # -- parameter count, summary, names ----------------------------------------------------------------
 
 def test_official_config_param_count_and_summary():
-  config = _load('davis_mitb2')
+  config = _load('gsanet_davis_mitb2')
   text = summary.summary_text(config)
   assert text.splitlines()[-1] == 'total_params: 60731528'
-  _, variables = summary.abstract_variables(config)
-  counts = summary.part_counts(variables['params'])
+  model = registry.build(config)
+  counts = summary.part_counts(model, model.abstract_variables()['params'])
   assert list(counts.values()) == [
       2 * 24_196_288,            # MiT-B2 x 2 without the classifiers
       4_072_448,                 # MFFM x 8
@@ -97,10 +99,10 @@ def test_official_config_param_count_and_summary():
 
 
 def test_param_tree_names_and_saliency_transfer_by_name():
-  settings = _tiny_settings(defaults.model_config())
+  settings = _tiny_settings(gsanet_config.model_config())
   video = jax.eval_shape(lambda: models.init_variables(models.GSANet(settings), jax.random.key(0), _inputs()))
-  sal_settings = _tiny_settings(defaults.model_config(), kind='saliency')
-  sal_model = models.build_model(_with(defaults.model_config(), kind='saliency'))
+  sal_settings = _tiny_settings(gsanet_config.model_config(), kind='saliency')
+  sal_model = models.build_model(_with(gsanet_config.model_config(), kind='saliency'))
   assert isinstance(sal_model, models.SaliencyNet)
   sal = jax.eval_shape(lambda: models.init_variables(models.SaliencyNet(sal_settings), jax.random.key(0),
                                                      dict(rgb=_inputs()['rgb'])))
@@ -118,11 +120,11 @@ def _with(model_config, **kw):
   cfg = model_config.copy_and_resolve_references()
   cfg.update(TINY)
   cfg.update(kw)
-  return cfg
+  return gsanet_config.network_fields(cfg)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-  settings = _tiny_settings(defaults.model_config(), dtype='bfloat16')
+  settings = _tiny_settings(gsanet_config.model_config(), dtype='bfloat16')
   model = models.GSANet(settings)
   variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), _inputs()))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables['params']))
@@ -169,10 +171,10 @@ def test_encode_references_then_segment_equals_call():
 
 
 def test_saliency_net_jit_equals_eager():
-  settings = _tiny_settings(defaults.model_config(), kind='saliency')
+  settings = _tiny_settings(gsanet_config.model_config(), kind='saliency')
   model = models.SaliencyNet(settings)
   rgb = _inputs()['rgb']
-  v = models.random_variables(jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), dict(rgb=rgb))))
+  v = timing.random_variables(jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), dict(rgb=rgb))))
   eager = model.apply(v, rgb, train=False)
   jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, rgb)
   assert eager['slot_maps'] == () and len(eager['side_logits']) == 4
@@ -209,7 +211,7 @@ def _config_ids():
   return [pytest.param(s, CONFIGS_NUM_REFS.get(names[0], REFS), id='+'.join(names)) for s, names in unique.items()]
 
 
-CONFIGS_NUM_REFS = {'davis_paper': 3}
+CONFIGS_NUM_REFS = {'gsanet_davis_paper': 3}
 
 
 @pytest.mark.parametrize('settings,num_refs', _config_ids())
@@ -234,13 +236,13 @@ def test_every_config_model_trains_at_tiny_size(settings, num_refs):
 
 
 def test_ablation_rows_switches():
-  rows = {r: _load(f'ablation:{r}').model for r in 'abcdef'}
+  rows = {r: _load(f'gsanet_ablation:{r}').model for r in 'abcdef'}
   flags = {r: (m.use_guided_slots, m.use_knn, m.use_slot_attention, m.use_fat) for r, m in rows.items()}
   assert flags == {'a': (False, False, False, False), 'b': (False, False, True, False),
                    'c': (True, False, True, False), 'd': (False, True, True, False),
                    'e': (True, True, True, False), 'f': (True, True, True, True)}
   with pytest.raises(ValueError, match='ablation row'):
-    _load('ablation:g')
+    _load('gsanet_ablation:g')
 
 
 # -- bad inputs and configs -------------------------------------------------------------------------
@@ -260,18 +262,18 @@ def _trace(settings, **overrides):
 ])
 def test_bad_inputs_raise(overrides, match):
   with pytest.raises(ValueError, match=match):
-    _trace(_tiny_settings(defaults.model_config()), **overrides)
+    _trace(_tiny_settings(gsanet_config.model_config()), **overrides)
 
 
 def test_too_few_pixels_for_the_clusters():
   small = dict(rgb=jnp.zeros((1, 32, 32, 3)), flow=jnp.zeros((1, 32, 32, 3)),
                ref_rgb=jnp.zeros((1, 1, 32, 32, 3)), ref_flow=jnp.zeros((1, 1, 32, 32, 3)))
   with pytest.raises(ValueError, match='fewer than num_clusters=8'):
-    _trace(_tiny_settings(defaults.model_config()), **small)
+    _trace(_tiny_settings(gsanet_config.model_config()), **small)
 
 
 def test_segment_rejects_mismatched_reference_features():
-  settings = _tiny_settings(defaults.model_config())
+  settings = _tiny_settings(gsanet_config.model_config())
   model = models.GSANet(settings)
   inp = _inputs()
   variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), inp))
@@ -282,7 +284,7 @@ def test_segment_rejects_mismatched_reference_features():
 
 
 @pytest.mark.parametrize('field,value,match', [
-    ('backbone', 'vgg16', "Unknown backbone 'vgg16'"),
+    ('backbone', 'vgg99', "Unknown backbone 'vgg99'"),
     ('knn_k', 9, 'knn_k=9'),
     ('kmeans_init', 'forgy', "kmeans_init='forgy'"),
     ('kmeans_assign', 'fuzzy', 'kmeans_assign'),
@@ -295,10 +297,10 @@ def test_segment_rejects_mismatched_reference_features():
 ])
 def test_bad_config_values_raise(field, value, match):
   with pytest.raises(ValueError, match=match):
-    models.build_model(_with(defaults.model_config(), **{field: value}))
+    models.build_model(_with(gsanet_config.model_config(), **{field: value}))
 
 
 def test_unknown_config_field_raises():
-  cfg = dict(_with(defaults.model_config()).to_dict(), num_slot=3)
+  cfg = dict(_with(gsanet_config.model_config()), num_slot=3)
   with pytest.raises(ValueError, match='num_slot'):
     models.ModelSettings.from_config(cfg)

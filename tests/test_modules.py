@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gsa_jax.bench import timing
+from gsa_jax.models.gsanet import config as gsanet_config
 from gsa_jax.models.gsanet import network as models
 from gsa_jax import ops
 from gsa_jax.models.gsanet import decoder as decoder_lib
@@ -21,7 +23,7 @@ def _count(tree) -> int:
 
 def _vars(module, *args, seed=0, **kwargs):
   abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
-  return models.random_variables(abstract, seed)
+  return timing.random_variables(abstract, seed)
 
 
 # -- MFFM -----------------------------------------------------------------------------------------

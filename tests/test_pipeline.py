@@ -7,6 +7,7 @@ import tensorflow as tf
 from configs import defaults
 from input_pipeline import datasets
 from input_pipeline import flow as flow_lib
+from input_pipeline import frames as frames_lib
 from input_pipeline import pipeline
 from input_pipeline import synthetic
 
@@ -85,7 +86,7 @@ def test_train_batches_shapes_sizes_and_reference_sampling(root):
   d = _config(root)
   records = datasets.list_videos('synthetic', root, 'train')
   starts = np.cumsum([0] + [len(r) for r in records])
-  it = pipeline.create_train_iterator(d, kind='video', batch_size=2, seed=1, with_indices=True)
+  it = pipeline.create_train_iterator(d, train_input='reference_frames', batch_size=2, seed=1, with_indices=True)
   sizes = set()
   for _ in range(6):
     b = next(it)
@@ -103,7 +104,7 @@ def test_train_batches_shapes_sizes_and_reference_sampling(root):
 
 def test_resumable_and_deterministic_and_sharded(root):
   d = _config(root, multiscale_sizes=(24,))
-  make = lambda **kw: pipeline.create_train_iterator(d, kind='video', batch_size=2, seed=5, with_indices=True, **kw)
+  make = lambda **kw: pipeline.create_train_iterator(d, train_input='reference_frames', batch_size=2, seed=5, with_indices=True, **kw)
   full = make()
   batches = [next(full) for _ in range(5)]
   resumed = make(start_step=3)
@@ -111,7 +112,7 @@ def test_resumable_and_deterministic_and_sharded(root):
     got = next(resumed)
     for key in batches[k]:
       np.testing.assert_array_equal(got[key], batches[k][key])
-  other_seed = next(pipeline.create_train_iterator(d, kind='video', batch_size=2, seed=6))
+  other_seed = next(pipeline.create_train_iterator(d, train_input='reference_frames', batch_size=2, seed=6))
   assert not np.array_equal(other_seed['rgb'], batches[0]['rgb'])
   # Two processes of batch 2 share a global batch of 4: process p gets examples (s * 2 + p) * 2 + j, which
   # for one process of batch 2 are its steps 2s + p.
@@ -125,29 +126,32 @@ def test_resumable_and_deterministic_and_sharded(root):
 
 def test_epoch_visits_every_target_once(root):
   d = _config(root, multiscale_sizes=(24,), augment=False)
-  it = pipeline.create_train_iterator(d, kind='video', batch_size=5, seed=0, with_indices=True)
+  it = pipeline.create_train_iterator(d, train_input='reference_frames', batch_size=5, seed=0, with_indices=True)
   seen = np.concatenate([next(it)['index'] for _ in range(3)])  # 3 videos x 5 frames = 15 targets
   assert sorted(seen.tolist()) == list(range(15))
-  assert pipeline.steps_per_epoch(d, kind='video', batch_size=5) == 3
+  assert pipeline.steps_per_epoch(d, train_input='reference_frames', batch_size=5) == 3
 
 
 def test_saliency_batches(root):
   d = _config(root, train='synthetic_images', multiscale_sizes=())
-  b = next(pipeline.create_train_iterator(d, kind='saliency', batch_size=2, seed=0))
+  b = next(pipeline.create_train_iterator(d, train_input='images', batch_size=2, seed=0))
   assert set(b) == {'rgb', 'mask'} and b['rgb'].shape == (2, 32, 32, 3)
 
 
-def test_load_eval_video_uniform_references(root):
+def test_reference_rules_and_model_inputs(root):
+  assert pipeline.reference_indices(5, 4) == [0, 1, 2, 3]  # official: i * (L // N_R)
+  assert pipeline.reference_indices(50, 4) == [0, 12, 24, 36]
+  assert pipeline.reference_indices(50, 4, 'paper') == [0, 16, 32, 49]  # floor(i (L - 1) / (N_R - 1))
+  assert pipeline.reference_indices(7, 1, 'paper') == [0]
+  with pytest.raises(ValueError, match=r"Unknown reference rule 'middle'.*data.test_reference_rule"):
+    pipeline.reference_indices(7, 2, 'middle')
   (record,) = datasets.list_videos('synthetic', root, 'test')
-  out = pipeline.load_eval_video(record, image_size=24, num_refs=4)
-  assert out['rgb'].shape == (5, 24, 24, 3) and out['flow'].shape == (5, 24, 24, 3)
-  np.testing.assert_array_equal(out['ref_indices'], [0, 1, 2, 3])  # i * (5 // 4)
-  np.testing.assert_array_equal(pipeline.reference_indices(50, 4), [0, 12, 24, 36])
-  assert out['original_size'] == (32, 32) and out['masks'][0].shape == (32, 32)
-  assert set(np.unique(out['masks'][0])) <= {0, 1}
-  assert out['frame_names'] == ['00000', '00001', '00002', '00003', '00004']
-  mean_rgb = out['rgb'].mean()
-  assert -2.5 < mean_rgb < 2.5 and 0 <= out['flow'].min() and out['flow'].max() <= 1
+  source = frames_lib.FileFrames(record.frame_paths, record.frame_names)
+  rgb = frames_lib.prepare_rgb(list(source.iter_frames()), 24)
+  flow = frames_lib.prepare_flow([frames_lib.FileFlow(record.flow_paths, len(record)).image(i) for i in range(5)], 24)
+  assert rgb.shape == (5, 24, 24, 3) and flow.shape == (5, 24, 24, 3)
+  assert -2.5 < rgb.mean() < 2.5 and 0 <= flow.min() and flow.max() <= 1
+  assert source.names == ['00000', '00001', '00002', '00003', '00004']
 
 
 def test_size_mismatch_is_reported_in_tf_data(root, tmp_path):
@@ -157,7 +161,7 @@ def test_size_mismatch_is_reported_in_tf_data(root, tmp_path):
   shutil.copytree(root, copy)
   cv2.imwrite(f'{copy}/train/FLOW/train000_00000.jpg', np.zeros((20, 32, 3), np.uint8))
   d = _config(copy, multiscale_sizes=(24,), check='none')
-  it = pipeline.create_train_iterator(d, kind='video', batch_size=5, seed=0, num_refs=1)
+  it = pipeline.create_train_iterator(d, train_input='reference_frames', batch_size=5, seed=0, num_refs=1)
   with pytest.raises(tf.errors.InvalidArgumentError, match='train000_00000.jpg'):
     for _ in range(3):  # one epoch: every target once
       next(it)

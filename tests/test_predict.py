@@ -1,16 +1,24 @@
-"""Tests of gsa_jax/predict.py: reading, streaming, atomic output, the movie, the report, the model path."""
+"""Tests of predict and the one inference path: reading frames, streaming, atomic output, the movie, the report,
+and the real model end to end (cached context == a full forward per frame)."""
 
-import functools
 import json
 import os
 import time
 
 import cv2
+import jax
 import numpy as np
 from PIL import Image
 import pytest
 
+from gsa_jax import checkpoint as ckpt_lib
+from gsa_jax import inference
+from gsa_jax import movie as movie_lib
 from gsa_jax import predict as P
+from gsa_jax import registry
+from gsa_jax.bench import timing
+from input_pipeline import frames as frames_lib
+from input_pipeline import images as image_io
 
 
 # ------------------------------------------------------------------------------------------------
@@ -42,35 +50,52 @@ def write_folder(frames, folder, ext='.png'):
   return folder
 
 
-class DifferenceFlow(P.FlowSource):
+class DifferenceFlow(frames_lib.FlowSource):
   """Stand-in flow: the absolute frame difference as an image (deterministic, needs two frames)."""
 
   description = {'source': 'test'}
 
+  @staticmethod
+  def _pairs(sequence):
+    return [np.abs(sequence[k].astype(np.int16) - sequence[k + 1].astype(np.int16)).astype(np.uint8)
+            for k in range(len(sequence) - 1)]
+
   def for_frames(self, start, frames, next_frame, previous_flow):
-    sequence = list(frames) + ([next_frame] if next_frame is not None else [])
-    flows = [np.abs(sequence[k].astype(np.int16) - sequence[k + 1].astype(np.int16)).astype(np.uint8)
-             for k in range(len(sequence) - 1)]
+    flows = self._pairs(list(frames) + ([next_frame] if next_frame is not None else []))
     if next_frame is None:
       flows.append(flows[-1] if flows else previous_flow)
     return flows
 
+  def at(self, frames, indices, known):
+    all_frames = list(frames.iter_frames())
+    return [self._pairs(all_frames[i:i + 2])[0] if i + 1 < len(all_frames) else self._pairs(all_frames[i - 1:])[0]
+            for i in indices]
 
-class BrightnessSegmenter(P.Segmenter):
-  """Stand-in model: foreground where the red channel is bright; counts calls and batch shapes."""
 
-  def __init__(self, size=32, batch_size=3):
-    self.size, self.batch_size = size, batch_size
+class BrightnessSegmenter(inference.Segmenter):
+  """Stand-in model: foreground where the red channel is bright; records its calls."""
+
+  modalities = ('rgb', 'flow')
+
+  def __init__(self, size=32, batch_size=3, num_refs=4):
+    self.size, self.batch_size, self.num_refs = size, batch_size, num_refs
     self.encode_calls, self.batch_shapes, self.indices = 0, [], []
+    self.compile_seconds = 0.0
 
-  def encode(self, ref_rgb, ref_flow):
+  def context_indices(self, num_frames):
+    return [i * (num_frames // self.num_refs) for i in range(self.num_refs)]
+
+  def encode(self, context):
     self.encode_calls += 1
-    return ref_rgb.mean()
+    return float(context['rgb'].mean())
 
-  def segment(self, rgb, flow, references, frame_indices):
-    self.batch_shapes.append(rgb.shape)
+  def segment(self, inputs, frame_indices, context, *, extras=False):
+    self.batch_shapes.append(inputs['rgb'].shape)
     self.indices.append(np.asarray(frame_indices))
-    return 1.0 / (1.0 + np.exp(-4.0 * (rgb[..., 0] - 1.0)))
+    return {'prob': 1.0 / (1.0 + np.exp(-4.0 * (inputs['rgb'][..., 0] - 1.0)))}
+
+  def set_variables(self, variables):
+    pass
 
 
 def read_mask(path):
@@ -79,40 +104,37 @@ def read_mask(path):
     return np.array(image)
 
 
+def masks_of(out):
+  names = sorted(os.listdir(os.path.join(out, 'masks')), key=image_io.natural_key)
+  return [read_mask(os.path.join(out, 'masks', n)) for n in names]
+
+
+def run_standin(input_path, out, segmenter=None, **kwargs):
+  with image_io.atomic_output_dir(out) as tmp:
+    return P.segment_into(tmp, segmenter or BrightnessSegmenter(), frames_lib.open_frames(input_path),
+                          DifferenceFlow(), **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------
 # Pure parts.
 
 
-def test_reference_indices_official_rule():
-  assert P.reference_indices(10, 4) == [0, 2, 4, 6]
-  assert P.reference_indices(100, 4) == [0, 25, 50, 75]
-  assert P.reference_indices(3, 4) == [0, 0, 0, 0]
-
-
-def test_model_size_rounds_to_multiple_of_32():
-  assert P.model_size(384) == 384
-  assert P.model_size(100) == 96
-  assert P.model_size(10) == 32
-
-
 def test_folder_natural_order_and_errors(tmp_path):
-  frames = square_video(12, 20, 30)
-  folder = write_folder(frames, str(tmp_path / 'frames'))
-  source = P.open_frames(folder)
-  assert source.names[:3] == ['frame0', 'frame1', 'frame2'] and source.names[-1] == 'frame11'
-  assert np.array_equal(next(iter(source.iter_frames())), frames[0])
-  assert np.array_equal(source.read([10])[10], frames[10])
-
+  folder = write_folder(square_video(12, 8, 8), str(tmp_path / 'seq1'))
+  source = frames_lib.open_frames(folder)
+  assert source.names == [f'frame{i}' for i in range(12)]
+  assert len(list(source.iter_frames())) == 12 and set(source.read([0, 11])) == {0, 11}
   empty = tmp_path / 'empty'
-  (empty / 'seq1').mkdir(parents=True)
-  with pytest.raises(P.PredictError, match=r'holds no frames.*seq1'):
-    P.open_frames(str(empty))
-  with pytest.raises(P.PredictError, match='does not exist'):
-    P.open_frames(str(tmp_path / 'nope'))
+  empty.mkdir()
+  (empty / 'seq1').mkdir()
+  with pytest.raises(image_io.DataError, match=r'holds no frames.*seq1'):
+    frames_lib.open_frames(str(empty))
+  with pytest.raises(image_io.DataError, match='does not exist'):
+    frames_lib.open_frames(str(tmp_path / 'nope'))
   bad = tmp_path / 'bad.mp4'
-  bad.write_bytes(b'this is not a video')
-  with pytest.raises(P.PredictError, match=str(bad)):
-    P.open_frames(str(bad))
+  bad.write_bytes(b'not a video at all')
+  with pytest.raises(image_io.DataError, match=str(bad)):
+    frames_lib.open_frames(str(bad))
 
 
 def test_check_output_dir(tmp_path):
@@ -120,51 +142,31 @@ def test_check_output_dir(tmp_path):
   (tmp_path / 'empty').mkdir()
   P.check_output_dir(str(tmp_path / 'empty'))
   (tmp_path / 'full').mkdir()
-  (tmp_path / 'full' / 'x.txt').write_text('x')
+  (tmp_path / 'full' / 'x').write_text('x')
   with pytest.raises(P.PredictError, match=r'full.*not empty.*rm -r'):
     P.check_output_dir(str(tmp_path / 'full'))
 
 
-@pytest.mark.parametrize('exception', [RuntimeError, KeyboardInterrupt])
-def test_atomic_output_dir_cleans_up(tmp_path, exception):
-  target = tmp_path / 'out'
-  with pytest.raises(exception):
-    with P.atomic_output_dir(str(target)) as tmp:
-      open(os.path.join(tmp, 'half.png'), 'w').close()
-      raise exception()
-  assert not target.exists()
-  assert os.listdir(tmp_path) == []
-
-
-def test_movie_writer_mp4_odd_size_and_gif_fallback(tmp_path, monkeypatch):
+def test_movie_is_h264_readable_back_and_gif_fallback(tmp_path, monkeypatch):
+  import av
   frames = square_video(5, 25, 37)
-  movie = P.MovieWriter(str(tmp_path), 'm', 10.0, len(frames))
+  movie = movie_lib.MovieWriter(str(tmp_path), 'm', 10.0, len(frames))
   for f in frames:
     movie.add(f)
   path = movie.close()
   assert movie.kind == 'mp4' and path.endswith('.mp4')
-  capture = cv2.VideoCapture(path)
-  count = 0
-  while True:
-    ok, frame = capture.read()
-    if not ok:
-      break
-    count += 1
-    assert frame.shape[:2] == (26, 38)  # padded to even sizes, nothing cropped
-  assert count == 5
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    assert stream.codec_context.name == 'h264' and stream.codec_context.pix_fmt == 'yuv420p'
+    decoded = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+  assert len(decoded) == 5 and all(f.shape == (26, 38, 3) for f in decoded)  # padded to even sizes
+  assert np.abs(decoded[2][:25, :37].astype(int) - frames[2]).mean() < 12  # the same picture
 
-  class BrokenWriter:
-    def __init__(self, *args, **kwargs):
-      pass
+  def no_encoder(*args, **kwargs):
+    raise av.error.FFmpegError(0, 'no encoder')
 
-    def isOpened(self):  # pylint: disable=invalid-name
-      return False
-
-    def release(self):
-      pass
-
-  monkeypatch.setattr(cv2, 'VideoWriter', BrokenWriter)
-  movie = P.MovieWriter(str(tmp_path), 'g', 10.0, len(frames))
+  monkeypatch.setattr(av, 'open', no_encoder)
+  movie = movie_lib.MovieWriter(str(tmp_path), 'g', 10.0, len(frames))
   for f in frames:
     movie.add(f)
   path = movie.close()
@@ -183,7 +185,7 @@ class CompilingSegmenter(BrightnessSegmenter):
 
   def __init__(self, delay, **kwargs):
     super().__init__(**kwargs)
-    self.delay, self.compile_seconds, self.seen = delay, 0.0, set()
+    self.delay, self.seen = delay, set()
 
   def _maybe_compile(self, name):
     if name not in self.seen:
@@ -191,68 +193,81 @@ class CompilingSegmenter(BrightnessSegmenter):
       time.sleep(self.delay)
       self.compile_seconds += self.delay
 
-  def encode(self, ref_rgb, ref_flow):
+  def encode(self, context):
     self._maybe_compile('encode')
-    return super().encode(ref_rgb, ref_flow)
+    return super().encode(context)
 
-  def segment(self, rgb, flow, references, frame_indices):
+  def segment(self, inputs, frame_indices, context, *, extras=False):
     self._maybe_compile('segment')
-    return super().segment(rgb, flow, references, frame_indices)
+    return super().segment(inputs, frame_indices, context, extras=extras)
 
 
 def test_compilation_is_left_out_of_the_timings(tmp_path):
   """Both the encode and the batch program compile on first use; neither counts as model time."""
   folder = write_folder(square_video(5, 40, 40), str(tmp_path / 'frames'))
-  out = str(tmp_path / 'out')
-  os.makedirs(out)
-  report = P.segment_video(P.open_frames(folder), DifferenceFlow(), CompilingSegmenter(0.5, size=32, batch_size=2),
-                           out, num_refs=2, progress=False)
+  report = run_standin(folder, str(tmp_path / 'out'), CompilingSegmenter(0.5, size=32, batch_size=2, num_refs=2))
   timings = report['timings_s']
   assert timings['compile'] >= 1.0
-  assert timings['model'] < 0.4 and timings['encode_references'] < 0.4
+  assert timings['model'] < 0.4 and timings['encode'] < 0.4
   assert timings['total'] < sum(v for k, v in timings.items() if k not in ('total', 'compile')) + 0.4
 
 
-def test_segment_video_streams_in_padded_batches(tmp_path):
+def test_streams_in_padded_batches_and_writes_palette_masks(tmp_path):
   frames = square_video(7, 50, 75)  # odd size and aspect ratio
   folder = write_folder(frames, str(tmp_path / 'frames'))
   segmenter = BrightnessSegmenter(size=32, batch_size=3)
   out = str(tmp_path / 'out')
-  os.makedirs(out)
-  report = P.segment_video(P.open_frames(folder), DifferenceFlow(), segmenter, out, num_refs=4, progress=False)
+  report = run_standin(folder, out, segmenter)
   assert segmenter.encode_calls == 1
   assert segmenter.batch_shapes == [(3, 32, 32, 3)] * 3  # 3 + 3 + 1 padded to 3
   assert [list(i) for i in segmenter.indices] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
-  assert [r['index'] for r in report['reference_frames']] == [0, 1, 2, 3]
-  names = sorted(os.listdir(os.path.join(out, 'masks')), key=P.natural_key)
-  assert names == [f'frame{i}.png' for i in range(7)]
+  assert [r['index'] for r in report['context_frames']] == [0, 1, 2, 3]
+  masks = masks_of(out)
+  assert len(masks) == 7
   for i, frame in enumerate(frames):
-    mask = read_mask(os.path.join(out, 'masks', f'frame{i}.png'))
-    assert mask.shape == (50, 75)
-    assert set(np.unique(mask)) <= {0, 1}
-    expected = P.probability_to_mask(
-        BrightnessSegmenter().segment(P.preprocess_rgb([frame], 32), None, None, [i])[0], 50, 75, 0.5)
-    assert np.array_equal(mask, expected)
+    mask = masks[i]
+    assert mask.shape == (50, 75) and set(np.unique(mask)) <= {0, 1}
+    prob = BrightnessSegmenter().segment({'rgb': frames_lib.prepare_rgb([frame], 32)}, [i], None)['prob'][0]
+    assert np.array_equal(mask, inference.probability_to_mask(prob, 50, 75, 0.5))
     assert mask.sum() > 0  # the yellow square is found
   assert len(os.listdir(os.path.join(out, 'overlays'))) == 7
   assert report['movie'] == 'overlay.mp4' and os.path.getsize(os.path.join(out, 'overlay.mp4')) > 0
   assert report['frames_per_second']['including_flow'] <= report['frames_per_second']['excluding_flow']
+  assert oct(os.stat(out).st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
 
 
-@pytest.mark.parametrize('flow', [DifferenceFlow(), P.ComputedFlow('dis')], ids=['standin', 'dis'])
-def test_reference_flows_match_streaming_flows(tmp_path, flow):
+def test_frames_of_different_sizes_are_refused(tmp_path):
+  frames = square_video(4, 20, 30)
+  frames[2] = square_video(1, 22, 30)[0]
+  folder = write_folder(frames, str(tmp_path / 'frames'))
+  with pytest.raises(image_io.DataError, match=r'frame2 .* is 22x30 but the first frame is 20x30'):
+    run_standin(folder, str(tmp_path / 'out'), BrightnessSegmenter(num_refs=1))
+  assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('flow', [DifferenceFlow(), frames_lib.ComputedFlow('dis')], ids=['standin', 'dis'])
+def test_context_flows_match_streaming_flows(tmp_path, flow):
   frames = square_video(9, 32, 48)
-  source = P.open_frames(write_folder(frames, str(tmp_path / 'f')))
+  source = frames_lib.open_frames(write_folder(frames, str(tmp_path / 'f')))
   whole = flow.for_frames(0, frames, None, None)
-  # In batches of 4 with one frame of overlap, as segment_video streams them.
+  # In batches of 4 with one frame of overlap, as run_video streams them.
   streamed = flow.for_frames(0, frames[:4], frames[4], None)
   streamed += flow.for_frames(4, frames[4:8], frames[8], streamed[-1])
   streamed += flow.for_frames(8, frames[8:], None, streamed[-1])
   assert len(streamed) == 9 and all(np.array_equal(a, b) for a, b in zip(whole, streamed))
   assert np.array_equal(streamed[8], streamed[7])  # the last frame reuses the previous flow
-  refs = P.reference_flows(flow, source, [0, 4, 8], {})
-  for i, image in zip([0, 4, 8], refs):
+  for i, image in zip([0, 4, 8], flow.at(source, [0, 4, 8], {})):
     assert np.array_equal(image, streamed[i])
+
+
+def test_dis_flow_of_large_frames_runs_at_a_bounded_size():
+  frames = [cv2.resize(f, (1600, 1200)) for f in square_video(2, 60, 80)]
+  small = frames_lib.ComputedFlow('dis', max_side=256)
+  image = small.for_frames(0, frames[:1], frames[1], None)[0]
+  assert image.shape == (1200, 1600, 3)
+  reduced = [frames_lib.resize(f, (192, 256)) for f in frames]  # 1600 x 1200 at most 256 a side
+  reference = frames_lib.ComputedFlow('dis', max_side=256).for_frames(0, reduced[:1], reduced[1], None)[0]
+  np.testing.assert_array_equal(image, frames_lib.resize(reference, (1200, 1600)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,28 +285,13 @@ def write_video(frames, path, fourcc):
 
 
 def decode_to_folder(video, folder):
-  """Decodes a video with a plain OpenCV loop (independent of predict.py) into PNG frames."""
+  """Decodes a video with a plain PyAV loop (independent of input_pipeline.frames) into PNG frames."""
+  import av
   os.makedirs(folder)
-  capture = cv2.VideoCapture(video)
-  i = 0
-  while True:
-    ok, frame = capture.read()
-    if not ok:
-      break
-    Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).save(os.path.join(folder, f'{i:05d}.png'))
-    i += 1
+  with av.open(video) as container:
+    for i, frame in enumerate(container.decode(video=0)):
+      Image.fromarray(frame.to_ndarray(format='rgb24')).save(os.path.join(folder, f'{i:05d}.png'))
   return folder
-
-
-def masks_of(out):
-  names = sorted(os.listdir(os.path.join(out, 'masks')), key=P.natural_key)
-  return [read_mask(os.path.join(out, 'masks', n)) for n in names]
-
-
-def run_standin(input_path, out, **kwargs):
-  with P.atomic_output_dir(out) as tmp:
-    return P.segment_video(P.open_frames(input_path), DifferenceFlow(), BrightnessSegmenter(), tmp,
-                           progress=False, **kwargs)
 
 
 def test_video_file_and_frame_folder_give_the_same_masks(tmp_path):
@@ -327,12 +327,12 @@ def test_interrupted_run_leaves_no_output(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['frames']
 
 
-def test_predict_input_errors(tmp_path):
+def test_predict_input_errors(tmp_path, workdir):
   folder = write_folder(square_video(1, 20, 30), str(tmp_path / 'one'))
   with pytest.raises(P.PredictError, match=r'single frame.*--flow'):
-    P.predict('unused', folder, str(tmp_path / 'out'))
+    P.predict(workdir[0], folder, str(tmp_path / 'out'))
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(P.PredictError, match=r'empty.*holds no frames'):
+  with pytest.raises(image_io.DataError, match=r'empty.*holds no frames'):
     P.predict('unused', str(tmp_path / 'empty'), str(tmp_path / 'out'))
   (tmp_path / 'taken').mkdir()
   (tmp_path / 'taken' / 'notes.txt').write_text('mine')
@@ -351,7 +351,6 @@ def test_predict_input_errors(tmp_path):
 @pytest.fixture(scope='module', autouse=True)
 def compilation_cache(tmp_path_factory):
   """A persistent XLA cache for this module: later predict() calls reuse the first one's programs."""
-  import jax
   from jax.experimental.compilation_cache import compilation_cache as cc
   names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
            'jax_persistent_cache_min_entry_size_bytes')
@@ -367,7 +366,7 @@ def compilation_cache(tmp_path_factory):
 
 
 def tiny_config(**model):
-  from configs import demo
+  from configs import gsanet_demo as demo
   config = demo.get_config()
   config.data.image_size = 32
   config.eval.batch_size = 4
@@ -375,41 +374,18 @@ def tiny_config(**model):
   return config
 
 
-def random_variables(config, seed=0):
-  """Random weights of the right shapes without compiling init (eval_shape, then numpy draws)."""
-  import jax
-  from gsa_jax.models.gsanet import network as models
-  model = models.build_model(config.model)
-  shapes = P.abstract_variables(model, config, 32)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if 'kernel' in name:
-      return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(leaf.dtype)
-    if 'scale' in name or 'var' in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if 'bias' in name or 'mean' in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-
-  return model, jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   """A workdir laid out by the trainer's checkpoint API: step 1 (val G 0.6, the best) and step 2 (G 0.4)."""
-  from gsa_jax import checkpoint as ckpt_lib
   config = tiny_config()
-  _, variables = random_variables(config)
+  model = registry.build(config)
+  variables = jax.tree.map(np.asarray, timing.random_variables(model.abstract_variables(), 0))
   path = str(tmp_path_factory.mktemp('workdir'))
   manager = ckpt_lib.create_manager(ckpt_lib.checkpoint_directory(path), keep=3)
   for step, g in ((1, 0.6), (2, 0.4)):
-    meta = {'kind': 'video', 'model': ckpt_lib.config_to_json(config.model),
-            'config': ckpt_lib.config_to_json(config)}
-    state = {'step': np.int32(step), **(variables if step == 1 else
-                                        {'params': variables['params'], 'batch_stats': variables['batch_stats']})}
-    ckpt_lib.save(manager, step, state, meta, val_metrics={'G': g})
+    meta = {'model': ckpt_lib.config_to_json(config.model), 'config': ckpt_lib.config_to_json(config)}
+    shifted = variables if step == 1 else jax.tree.map(lambda x: x + 1.0, variables)
+    ckpt_lib.save(manager, step, {'step': np.int32(step), **shifted}, meta, val_metrics={'G': g})
   manager.close()
   return path, config, variables
 
@@ -442,25 +418,28 @@ def test_predict_end_to_end_odd_size_and_cached_equals_uncached(workdir, tmp_pat
   masks = masks_of(out)
   assert len(masks) == 7 and all(m.shape == (50, 75) and set(np.unique(m)) <= {0, 1} for m in masks)
   saved = json.load(open(os.path.join(out, 'predictions.json')))
-  assert saved['checkpoint']['step'] == 1 and saved['checkpoint']['selected_by'] == 'best validation G'
-  assert [r['index'] for r in saved['reference_frames']] == [0, 3]  # N_R = 2: i * (7 // 2)
-  assert saved['num_frames'] == 7 and saved['model_size'] == [32, 32] and saved['batch_size'] == 4
+  assert saved['checkpoint']['step'] == 1 and saved['checkpoint']['selected_by'] == 'best validation'
+  assert [r['index'] for r in saved['context_frames']] == [0, 3]  # N_R = 2: i * (7 // 2)
+  assert saved['num_frames'] == 7 and saved['inference']['size'] == 32 and saved['inference']['batch_size'] == 4
   assert saved['frames_per_second']['excluding_flow'] > 0 and saved['timings_s']['compile'] > 0
-  assert report['frames'][6]['mask'] == 'masks/frame6.png'
+  assert saved['movie_format'] == 'mp4' and report['frames'][6]['mask'] == 'masks/frame6.png'
 
-  # Cached references + batched program == one full GSANet.__call__ per frame (references re-encoded).
-  from gsa_jax.models.gsanet import network as models
-  model = models.build_model(config.model)
-  source = P.open_frames(folder)
-  flows = P.ComputedFlow('dis').for_frames(0, frames, None, None)
-  ref_rgb = P.preprocess_rgb([frames[0], frames[3]], 32)[None]
-  ref_flow = P.preprocess_flow([flows[0], flows[3]], 32)[None]
-  forward = P.full_forward(model, kmeans_seed=config.eval.kmeans_seed)
-  for i, frame in enumerate(source.iter_frames()):
-    prob = np.asarray(forward(variables, P.preprocess_rgb([frame], 32), P.preprocess_flow([flows[i]], 32),
-                              ref_rgb, ref_flow, i))[0]
+  # Cached references + batched program == one full GSANet forward per frame (references re-encoded).
+  model = registry.build(config)
+  flows = frames_lib.ComputedFlow('dis').for_frames(0, frames, None, None)
+  ref_rgb = frames_lib.prepare_rgb([frames[0], frames[3]], 32)[None]
+  ref_flow = frames_lib.prepare_flow([flows[0], flows[3]], 32)[None]
+
+  @jax.jit
+  def forward(rgb, flow, i):
+    key = jax.random.fold_in(jax.random.key(config.eval.seed), i)
+    out = model.module.apply(variables, rgb, flow, ref_rgb, ref_flow, train=False, kmeans_key=key)
+    return jax.nn.sigmoid(out['logits'][..., 0])
+
+  for i, frame in enumerate(frames):
+    prob = np.asarray(forward(frames_lib.prepare_rgb([frame], 32), frames_lib.prepare_flow([flows[i]], 32), i))[0]
     assert abs(float(prob.mean()) - saved['frames'][i]['mean_probability']) < 1e-5
-    expected = P.probability_to_mask(prob, 50, 75, 0.5)
+    expected = inference.probability_to_mask(prob, 50, 75, 0.5)
     assert (expected != masks[i].astype(bool)).mean() < 1e-3
 
 
@@ -481,6 +460,7 @@ def test_predict_interrupted_leaves_nothing(workdir, tmp_path):
 
 def test_predict_rejects_checkpoint_of_another_config(workdir, tmp_path):
   folder = write_folder(square_video(3, 32, 32), str(tmp_path / 'frames'))
-  with pytest.raises(P.PredictError, match=r'does not fit the model.*shape.*leave it out'):
+  with pytest.raises(P.PredictError, match=r'different model.*dim: checkpoint 16, config 24[\s\S]*shape[\s\S]*'
+                                           r'leave --config out'):
     P.predict(workdir[0], folder, str(tmp_path / 'out'), config=tiny_config(dim=24), progress=False)
   assert not (tmp_path / 'out').exists()

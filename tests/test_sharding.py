@@ -11,9 +11,8 @@ from gsa_jax import sharding
 RUN = '''
 import json, jax
 import trainer_testlib as tl
-tl.use_tiny_model()
 from gsa_jax import train
-config = tl.tiny_config({root!r}, steps=3, batch=8)
+config = tl.tiny_config({root!r}, steps=3, batch=8, model=tl.TINY)
 out = train.train_and_evaluate(config, {workdir!r})
 leaf = out['params']['decoder']['kernel']
 print('RESULT', json.dumps({{'devices': jax.device_count(), 'loss': out['loss_history'],
@@ -39,8 +38,8 @@ def test_eight_devices_match_one(tmp_path):
 
 def test_batch_not_divisible_by_devices_errors(tmp_path):
   proc = tl.run_python(
-      'import trainer_testlib as tl\ntl.use_tiny_model()\nfrom gsa_jax import train\n'
-      f'c = tl.tiny_config({str(tmp_path / "s")!r}, steps=1, batch=6)\n'
+      'import trainer_testlib as tl\nfrom gsa_jax import train\n'
+      f'c = tl.tiny_config({str(tmp_path / "s")!r}, steps=1, batch=6, model=tl.TINY)\n'
       f'train.train_and_evaluate(c, {str(tmp_path / "w")!r})\n',
       env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}, check=False)
   assert proc.returncode != 0

@@ -1,9 +1,10 @@
-"""Helpers of the trainer tests: tiny configs over the real synthetic data, and a tiny model double.
+"""Helpers of the trainer tests: tiny configs over the real synthetic data, and a tiny registered model.
 
 The mechanism tests (devices, processes, kill/resume, NaN, shape mismatch) exercise the trainer, not the
-network, so they may swap in `TinyVideoNet` (the GSANet call API in a few convolutions, with BatchNorm,
-dropout and a k-means-key dependence) through `use_tiny_model()`; the real GSANet compiles for minutes on
-a shared 2-core CPU. test_train.py runs the real model end to end.
+network, so they may use the model 'tiny_video' (TinyVideoNet: GSA-Net's call API in a few convolutions, with
+BatchNorm, dropout and a k-means-key dependence), registered here through the public registry like any model
+family: `tiny_config(root, model=TINY)`. The real GSANet compiles for minutes on a 2-core CPU;
+test_train.py and test_contract.py run it end to end.
 """
 
 import os
@@ -13,6 +14,9 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from gsa_jax import registry
+from gsa_jax.models.gsanet import model as gsanet_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,16 +60,35 @@ class TinyVideoNet(nn.Module):
     return self.segment(rgb, flow, self.encode_references(ref_rgb, ref_flow), train=train, kmeans_key=kmeans_key)
 
 
-def use_tiny_model():
-  """Makes gsa_jax.train build TinyVideoNet(dim=model.dim) instead of the real model."""
-  from gsa_jax import train
-  train.build_model = lambda model_config: TinyVideoNet(dim=int(model_config.dim))
+TINY = 'tiny_video'
 
 
-def tiny_config(synthetic_root: str, *, steps: int = 6, batch: int = 4, dim: int = 8):
-  """The demo config shrunk: 64 px, 2 refs, a small synthetic set, no validation, a checkpoint every 2."""
-  from configs import demo
+@registry.register
+class TinyVideoModel(gsanet_model.GSANetModel):
+  """GSA-Net's family (loss, data, inference, transfer) over TinyVideoNet."""
+  name = TINY
+  description = 'a tiny stand-in for GSA-Net in the trainer tests'
+
+  @classmethod
+  def model_config(cls):
+    config = super().model_config()
+    config.name = TINY
+    return config
+
+  def build(self):
+    return TinyVideoNet(dim=int(self.config.model.dim))
+
+
+def tiny_config(synthetic_root: str, *, steps: int = 6, batch: int = 4, dim: int = 8, model: str = 'gsanet'):
+  """The demo config shrunk: 64 px, 2 refs, a small synthetic set, no validation, a checkpoint every 2.
+
+  model=TINY trains TinyVideoNet instead of the real GSA-Net."""
+  from configs import gsanet_demo as demo
   c = demo.get_config()
+  if model != 'gsanet':
+    fields = c.model.to_dict()
+    c.model = registry.get(model).model_config()
+    c.model.update({k: v for k, v in fields.items() if k != 'name'})
   c.model.dim = dim
   c.data.synthetic_root = synthetic_root
   c.data.synthetic.update(num_train_videos=3, num_val_videos=2, num_test_videos=2, num_frames=5, image_size=64,
@@ -86,8 +109,8 @@ def tiny_config(synthetic_root: str, *, steps: int = 6, batch: int = 4, dim: int
 
 
 def ensure_synthetic(root: str) -> None:
-  from gsa_jax import train
-  train.ensure_synthetic(tiny_config(root).data.synthetic, root)
+  from input_pipeline import data_sources
+  data_sources.ensure_synthetic(tiny_config(root).data.synthetic, root)
 
 
 def run_python(code: str, *, env_extra=None, timeout=600, check=True):

@@ -5,7 +5,7 @@ returns a tuple of 4 feature maps at strides 4, 8, 16 and 32: `[b, h/4, w/4, c1]
 `BACKBONE_CHANNELS[name]` gives `(c1, c2, c3, c4)`.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -68,11 +68,50 @@ def backbone_channels(backbone: str) -> tuple[int, int, int, int]:
 
 
 def _ensure_registered() -> None:
-  """Imports the modules that register MiT and ResNet (kept lazy to avoid import cycles)."""
+  """Imports the modules that register the backbone families (kept lazy to avoid import cycles)."""
   import importlib
-  for module in ('gsa_jax.backbones.mit', 'gsa_jax.backbones.resnet'):
+  for module in ('gsa_jax.backbones.mit', 'gsa_jax.backbones.resnet', 'gsa_jax.backbones.vgg'):
     try:
       importlib.import_module(module)
     except ModuleNotFoundError as e:
       if e.name != module:
         raise
+
+
+# --mode=convert --kind=<kind> for backbone weights: kind -> 'module:function', the function mapping a state
+# dict to (backbone name, variables). The module is imported on use.
+WEIGHT_CONVERTERS: dict[str, str] = {
+    'mit': 'gsa_jax.backbones.mit_weights:convert',
+    'resnet': 'gsa_jax.backbones.resnet_weights:convert',
+    'vgg16': 'gsa_jax.backbones.vgg_weights:convert',
+    'vit': 'gsa_jax.backbones.vit_weights:convert',  # DINO / DINOv2 (official, timm or Hugging Face names)
+}
+
+
+# Kinds whose files need their own reader (instead of gsa_jax.weights.read_state_dict): the ViT reader refuses
+# DINO training checkpoints (student / teacher / optimizer) with the recipe to extract the backbone.
+WEIGHT_READERS: dict[str, str] = {
+    'vit': 'gsa_jax.backbones.vit_weights:read_vit_checkpoint',
+}
+
+
+def vit_variants() -> tuple[str, ...]:
+  """The DINO / DINOv2 variants of gsa_jax.backbones.vit; each is also a --kind of --mode=convert that checks
+  the checkpoint against that variant (--kind=vit infers it from the shapes)."""
+  from gsa_jax.backbones import vit  # pylint: disable=g-import-not-at-top
+  return tuple(sorted(vit.VIT_CONFIGS))
+
+
+def _load(spec: str) -> Callable[..., Any]:
+  import importlib
+  module, function = spec.split(':')
+  return getattr(importlib.import_module(module), function)
+
+
+def weight_converter(kind: str) -> Callable[..., tuple[str, dict]]:
+  return _load(WEIGHT_CONVERTERS[kind])
+
+
+def weight_reader(kind: str) -> Callable[[str], dict] | None:
+  """The reader of `kind`'s files (source path -> state dict), or None for gsa_jax.weights.read_state_dict."""
+  return _load(WEIGHT_READERS[kind]) if kind in WEIGHT_READERS else None

@@ -9,10 +9,18 @@ GSANet (reference §2, paper §3), per stream s in {rgb, flow} with separate wei
 then fuse{i}(x_i_rgb, x_i_flow) for i = 1..4 (Res), the decoder, 4 cumulative logit maps resized to the
 input with bilinear align_corners=True, and 6 slot maps (probabilities) resized the same way.
 References: encode_references runs every reference frame of both streams through encoder_s + s_mffm1
-(stage 4, 1/32) in one batched call per stream (t folded into b), under stop_gradient, with the same
-`train` flag as the target (drop-path, BatchNorm batch statistics and their updates, as official).
-In training, BatchNorm in *_mffm1 normalises all b*t reference frames as one batch (the official code
-runs one call of B frames per reference); in evaluation the two are identical.
+(stage 4, 1/32) under stop_gradient, with the same `train` flag as the target (drop-path, BatchNorm
+batch statistics and their updates, as official). In training, `reference_batchnorm` says how:
+  'per_reference' (default, official get_ref_feature): one call of b frames per reference frame, an
+      `nn.scan` over t (parameters broadcast, batch_stats carried, one dropout/drop-path rng per
+      reference): each reference is its own BatchNorm batch and the running statistics of the
+      stream's BatchNorms (s_mffm1, and a ResNet encoder's) are updated t times, in reference order,
+      before the target's update.
+  'joint' (a deviation, faster): all b*t reference frames in one call: one set of batch statistics
+      for all of them and one running-statistics update.
+In evaluation the two are identical and the batched call is always used.
+`batch_norm_running_var`: 'unbiased' (PyTorch's running-variance update, default) | 'biased' (Flax's)
+for every BatchNorm of the model (MFFMs, Res, decoder Fusion, ResNet encoders); same variable tree.
 
 Param tree (TEAM.md): rgb_encoder, flow_encoder, rgb_mffm{1..4}, flow_mffm{1..4}, rgb_slots, flow_slots,
 rgb_fusion, flow_fusion, fuse{1..4}, decoder. mffm1 is the stage-4 (1/32) module, mffm4 the stage-1 one,
@@ -29,8 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gsa_jax import ops
 from gsa_jax import backbones
+from gsa_jax import layers
+from gsa_jax import ops
+from gsa_jax.models.gsanet import config as config_lib
 from gsa_jax.models.gsanet import decoder as decoder_lib
 from gsa_jax.models.gsanet import mffm as mffm_lib
 from gsa_jax.models.gsanet import slots as slots_lib
@@ -38,16 +48,22 @@ from gsa_jax.models.gsanet import slots as slots_lib
 KINDS = ('video', 'saliency')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 STRIDE = 32  # the input must be a multiple of the coarsest backbone stride.
+REFERENCE_BATCHNORMS = ('per_reference', 'joint')
+RUNNING_VARIANCES = layers.RUNNING_VARIANCES  # ('unbiased', 'biased')
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
-  """A hashable copy of the model config (every field of configs/defaults.py:model_config)."""
+  """A hashable copy of the model config (the fields of gsa_jax/models/gsanet/config.py:model_config)."""
   kind: str = 'video'
   backbone: str = 'mit_b2'
   drop_path_rate: float = 0.1
   dim: int = 128
   dtype: str = 'float32'
+  # Training only: 'per_reference' (official: each reference frame its own BatchNorm batch) | 'joint'.
+  reference_batchnorm: str = 'per_reference'
+  # Running variance folds in the 'unbiased' (PyTorch, official) | 'biased' (flax.linen) batch variance.
+  batch_norm_running_var: str = 'unbiased'
   slots: slots_lib.SlotConfig = slots_lib.SlotConfig()
 
   @property
@@ -61,18 +77,20 @@ class ModelSettings:
 
   @classmethod
   def from_config(cls, config: Any) -> 'ModelSettings':
-    """From an ml_collections ConfigDict (or dict) of model fields; validates every value."""
-    fields = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
-    known = {f.name for f in dataclasses.fields(cls)} - {'slots'}
-    known |= {f.name for f in dataclasses.fields(slots_lib.SlotConfig)}
-    unknown = sorted(set(fields) - known)
+    """From an ml_collections ConfigDict (or dict) of model fields; validates every value.
+
+    Fields missing from `config` take their values from the config section, config.model_config().
+    """
+    given = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
+    slot_names = [f.name for f in dataclasses.fields(slots_lib.SlotConfig)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != 'slots']
+    unknown = sorted(set(given) - set(names) - set(slot_names))
     if unknown:
-      raise ValueError(f'Unknown model config fields {unknown}; valid fields: {sorted(known)}.')
-    get = fields.get
-    slot_kwargs = {f.name: get(f.name, f.default) for f in dataclasses.fields(slots_lib.SlotConfig)}
-    settings = cls(kind=get('kind', 'video'), backbone=get('backbone', 'mit_b2'),
-                   drop_path_rate=float(get('drop_path_rate', 0.1)), dim=int(get('dim', 128)),
-                   dtype=get('dtype', 'float32'), slots=slots_lib.SlotConfig(**slot_kwargs))
+      raise ValueError(f'Unknown model config fields {unknown}; valid fields: {sorted(names + slot_names)}.')
+    fields = dict(config_lib.network_fields(config_lib.model_config()), **given)
+    kwargs = {name: fields[name] for name in names}
+    kwargs['drop_path_rate'], kwargs['dim'] = float(kwargs['drop_path_rate']), int(kwargs['dim'])
+    settings = cls(slots=slots_lib.SlotConfig(**{name: fields[name] for name in slot_names}), **kwargs)
     validate_settings(settings)
     return settings
 
@@ -89,6 +107,10 @@ def validate_settings(s: ModelSettings) -> None:
   backbones.backbone_channels(s.backbone)  # raises for an unknown backbone
   if s.dtype not in DTYPES:
     _fail('dtype', s.dtype, f'choose one of {tuple(DTYPES)}')
+  if s.reference_batchnorm not in REFERENCE_BATCHNORMS:
+    _fail('reference_batchnorm', s.reference_batchnorm, f'choose one of {REFERENCE_BATCHNORMS}')
+  if s.batch_norm_running_var not in RUNNING_VARIANCES:
+    _fail('batch_norm_running_var', s.batch_norm_running_var, f'choose one of {RUNNING_VARIANCES}')
   if not 0.0 <= s.drop_path_rate < 1.0:
     _fail('drop_path_rate', s.drop_path_rate, 'use a rate in [0, 1)')
   if s.dim < 1:
@@ -138,6 +160,31 @@ def _resize_out(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
   return ops.resize_bilinear_align_corners(x.astype(jnp.float32), size)
 
 
+def _encoder(s: ModelSettings) -> nn.Module:
+  """The stream's backbone; one with BatchNorms (ResNet) gets the model's running-variance rule."""
+  encoder = backbones.build_backbone(s.backbone, drop_path_rate=s.drop_path_rate, dtype=s.compute_dtype)
+  if 'running_var' in {f.name for f in dataclasses.fields(encoder)}:
+    encoder = encoder.clone(running_var=s.batch_norm_running_var)
+  return encoder
+
+
+def _encode_one_reference(model: 'GSANet', carry: None, frames: dict[str, jnp.ndarray]
+                          ) -> tuple[None, dict[str, jnp.ndarray]]:
+  """Scan body of the per-reference pass: frames rgb, flow [b, h, w, 3] -> [b, h/32, w/32, dim] each."""
+  out = {}
+  for stream in ('rgb', 'flow'):
+    encoder, mffm1 = getattr(model, f'{stream}_encoder'), getattr(model, f'{stream}_mffm1')
+    x = frames[stream].astype(model.settings.compute_dtype)
+    out[stream] = mffm1(encoder(x, train=True)[3], train=True)
+  return carry, out
+
+
+# Over the reference axis t (axis 1): parameters shared, BatchNorm statistics carried from one reference
+# to the next (updated in order), a fresh dropout / drop-path rng per reference.
+_scan_references = nn.scan(_encode_one_reference, variable_broadcast='params', variable_carry='batch_stats',
+                           split_rngs={'params': False, 'dropout': True}, in_axes=1, out_axes=1)
+
+
 class GSANet(nn.Module):
   """The two-stream GSA-Net. See the module docstring; TEAM.md has the API."""
   settings: ModelSettings
@@ -145,38 +192,46 @@ class GSANet(nn.Module):
   def setup(self):
     s = self.settings
     dt = s.compute_dtype
-    self.rgb_encoder = backbones.build_backbone(s.backbone, drop_path_rate=s.drop_path_rate, dtype=dt)
-    self.flow_encoder = backbones.build_backbone(s.backbone, drop_path_rate=s.drop_path_rate, dtype=dt)
-    self.rgb_mffm1 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.rgb_mffm2 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.rgb_mffm3 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.rgb_mffm4 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.flow_mffm1 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.flow_mffm2 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.flow_mffm3 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.flow_mffm4 = mffm_lib.MFFM(s.dim, dtype=dt)
+    rv = s.batch_norm_running_var
+    self.rgb_encoder = _encoder(s)
+    self.flow_encoder = _encoder(s)
+    self.rgb_mffm1 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.rgb_mffm2 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.rgb_mffm3 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.rgb_mffm4 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.flow_mffm1 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.flow_mffm2 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.flow_mffm3 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.flow_mffm4 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
     if s.has_slot_branch:
       self.rgb_slots = slots_lib.SlotBranch(s.slots, dtype=dt)
       self.flow_slots = slots_lib.SlotBranch(s.slots, dtype=dt)
       self.rgb_fusion = mffm_lib.conv(s.dim, 1, dtype=dt)
       self.flow_fusion = mffm_lib.conv(s.dim, 1, dtype=dt)
-    self.fuse1 = decoder_lib.Res(s.dim, dtype=dt)
-    self.fuse2 = decoder_lib.Res(s.dim, dtype=dt)
-    self.fuse3 = decoder_lib.Res(s.dim, dtype=dt)
-    self.fuse4 = decoder_lib.Res(s.dim, dtype=dt)
-    self.decoder = decoder_lib.Decoder(s.dim, dtype=dt)
+    self.fuse1 = decoder_lib.Res(s.dim, running_var=rv, dtype=dt)
+    self.fuse2 = decoder_lib.Res(s.dim, running_var=rv, dtype=dt)
+    self.fuse3 = decoder_lib.Res(s.dim, running_var=rv, dtype=dt)
+    self.fuse4 = decoder_lib.Res(s.dim, running_var=rv, dtype=dt)
+    self.decoder = decoder_lib.Decoder(s.dim, dtype=dt, running_var=rv)
 
   # -- references --------------------------------------------------------------------------------
 
   def encode_references(self, ref_rgb: jnp.ndarray, ref_flow: jnp.ndarray, *,
                         train: bool = False) -> dict[str, jnp.ndarray]:
-    """ref_rgb, ref_flow [b, t, h, w, 3] -> dict(rgb=[b, t, h/32, w/32, dim], flow=...), no gradient."""
+    """ref_rgb, ref_flow [b, t, h, w, 3] -> dict(rgb=[b, t, h/32, w/32, dim], flow=...), no gradient.
+
+    train=True with reference_batchnorm='per_reference': one encoder + mffm1 call per reference frame
+    (an nn.scan over t); otherwise one batched call per stream with t folded into b.
+    """
     _check_image('ref_rgb', ref_rgb, 5)
     _check_image('ref_flow', ref_flow, 5)
     if ref_rgb.shape != ref_flow.shape:
       raise ValueError(f'ref_rgb {tuple(ref_rgb.shape)} and ref_flow {tuple(ref_flow.shape)} must have '
                        'the same shape [b, t, h, w, 3] (one flow image per reference frame).')
     b, t = ref_rgb.shape[:2]
+    if train and self.settings.reference_batchnorm == 'per_reference' and not self.is_initializing():
+      _, out = _scan_references(self, None, dict(rgb=ref_rgb, flow=ref_flow))   # each [b t h/32 w/32 dim]
+      return jax.tree.map(jax.lax.stop_gradient, out)
 
     def encode(encoder, mffm1, x):
       x = x.reshape(b * t, *x.shape[2:]).astype(self.settings.compute_dtype)   # [(b t) h w 3]
@@ -272,12 +327,13 @@ class SaliencyNet(nn.Module):
   def setup(self):
     s = self.settings
     dt = s.compute_dtype
-    self.rgb_encoder = backbones.build_backbone(s.backbone, drop_path_rate=s.drop_path_rate, dtype=dt)
-    self.rgb_mffm1 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.rgb_mffm2 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.rgb_mffm3 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.rgb_mffm4 = mffm_lib.MFFM(s.dim, dtype=dt)
-    self.decoder = decoder_lib.Decoder(s.dim, dtype=dt)
+    rv = s.batch_norm_running_var
+    self.rgb_encoder = _encoder(s)
+    self.rgb_mffm1 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.rgb_mffm2 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.rgb_mffm3 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.rgb_mffm4 = mffm_lib.MFFM(s.dim, running_var=rv, dtype=dt)
+    self.decoder = decoder_lib.Decoder(s.dim, dtype=dt, running_var=rv)
 
   def __call__(self, rgb: jnp.ndarray, *, train: bool) -> dict[str, Any]:
     _check_image('rgb', rgb, 4)

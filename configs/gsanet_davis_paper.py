@@ -1,12 +1,12 @@
 """GSA-Net as the paper's text describes it (where it differs from the official code; reference §7).
 
-  python main.py --mode=summary --config=configs/davis_paper.py
-      -> the same parameter count as configs/davis_mitb2.py (60731528): only behaviour differs.
-  python main.py --mode=train --config=configs/davis_paper.py --workdir=DIR --config.data.train_root=... \
+  python main.py --mode=summary --config=configs/gsanet_davis_paper.py
+      -> the same parameter count as configs/gsanet_davis_mitb2.py (60731528): only behaviour differs.
+  python main.py --mode=train --config=configs/gsanet_davis_paper.py --workdir=DIR --config.data.train_root=... \
       --config.data.train_sub_root=... --config.data.val_root=... --config.data.test_root=... \
       --config.train.init_from=STAGE1_CHECKPOINT
       -> no published number is for exactly this setting (the paper's numbers come from the released
-         code's setting); compare against configs/davis_mitb2.py.
+         code's setting); compare against configs/gsanet_davis_mitb2.py.
 
 Differences from the official code:
   N_R = 3 reference frames (paper §4.4) instead of 4;
@@ -18,7 +18,7 @@ Differences from the official code:
   batch 12 (paper §4.4) instead of 16.
 """
 
-from configs import davis_mitb2
+from configs import gsanet_davis_mitb2 as davis_mitb2
 
 
 def get_config():
@@ -32,6 +32,6 @@ def get_config():
   d.image_size = 384
   d.multiscale_sizes = ()
   t = config.train
-  t.loss = 'f3net'
+  config.model.loss = 'f3net'
   t.batch_size = 12
   return config

@@ -1,25 +1,25 @@
 """Stage 2 exactly as the official GSANet code (Hydragon516/GSANet @ 9a8eb07): MiT-B2, DAVIS-16 + YouTube-VOS.
 
-  python main.py --mode=summary --config=configs/davis_mitb2.py
+  python main.py --mode=summary --config=configs/gsanet_davis_mitb2.py
       -> parameter tables; last line `total_params: 60731528` (the official model minus its never-trained
          parameters: the 2 MiT classifiers, the FATs' convn/convl/convd, Fusion.conv_upsample).
-  python main.py --mode=train --config=configs/davis_mitb2.py --workdir=DIR \
+  python main.py --mode=train --config=configs/gsanet_davis_mitb2.py --workdir=DIR \
       --config.data.train_root=DAVIS_TRAIN --config.data.train_sub_root=YTVOS_TRAIN \
       --config.data.val_root=HELD_OUT_VIDEOS --config.data.test_root=DAVIS16_VAL \
-      --config.train.init_from=STAGE1_CHECKPOINT   # from configs/pretrain_duts.py
+      --config.train.init_from=STAGE1_CHECKPOINT   # from configs/gsanet_pretrain_duts.py
       -> the paper reports DAVIS-16 J&F 88.2 (J 87.4) for MiT-b2 at 512 without TTA (Table 1).
 
 Official setting: N_R = 4 reference frames (random from the whole video in training, frames 0, L/4, L/2,
 3L/4 at test), multi-scale training {384, 416, ..., 512} per batch, testing at 512, batch 16, Adam 1e-4 ->
 1e-5 cosine over 200 epochs, YouTube-VOS mixed 1:1 with DAVIS, the official loss (10 maps). Every model
-switch keeps its official value (configs/defaults.py); configs/davis_paper.py has the paper-text variant.
+switch keeps its official value (configs/defaults.py); configs/gsanet_davis_paper.py has the paper-text variant.
 """
 
 from configs import defaults
 
 
 def get_config():
-  config = defaults.get_config()
+  config = defaults.get_config('gsanet')
   m = config.model
   m.kind = 'video'
   m.backbone = 'mit_b2'
@@ -44,7 +44,7 @@ def get_config():
   t.num_epochs = 200
   t.learning_rate = 1e-4
   t.end_learning_rate = 1e-5
-  t.loss = 'official'
+  config.model.loss = 'official'
 
   config.eval.protocol = 'davis16'
   return config

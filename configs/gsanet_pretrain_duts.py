@@ -1,7 +1,7 @@
 """Stage 1 exactly as the official pretrain.py (reference §5.1): the RGB-only SaliencyNet on DUTS-TR.
 
   python main.py --mode=convert --source=mit_b2.pth --kind=mit --output=data/pretrained/mit_b2
-  python main.py --mode=train --config=configs/pretrain_duts.py --workdir=workdirs/pretrain_duts \
+  python main.py --mode=train --config=configs/gsanet_pretrain_duts.py --workdir=workdirs/pretrain_duts \
       --config.data.train_root=data/DUTS-TR --config.train.init_from=data/pretrained/mit_b2
 
 MiT-B2 (ImageNet weights, converted: a 'backbone' scope checkpoint loaded into rgb_encoder) -> MFFM1..4
@@ -20,7 +20,7 @@ from configs import defaults
 
 
 def get_config():
-  config = defaults.get_config()
+  config = defaults.get_config('gsanet')
   config.model.kind = 'saliency'
   config.model.backbone = 'mit_b2'
   config.model.drop_path_rate = 0.1
@@ -45,7 +45,7 @@ def get_config():
   t.b1, t.b2, t.eps = 0.9, 0.999, 1e-8
   t.weight_decay = 0.0
   t.grad_clip_norm = 0.0
-  t.loss = 'official'
+  config.model.loss = 'official'
   t.init_from = 'data/pretrained/mit_b2'
   t.log_every_steps = 50
   t.checkpoint_every_steps = 1000

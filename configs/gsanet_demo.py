@@ -9,8 +9,8 @@
       videos, 7 min 39 s in all (data 15 s, train 429 s incl. compilation, evaluate 8 s). With 24 training
       videos instead of 96 it reached only G 0.751 (validation G plateaued at 0.70-0.73, also with 4500
       steps): the limit was the amount of training data, not the steps.
-  python main.py --mode=train --config=configs/demo.py --workdir=DIR     (the training part alone)
-  python main.py --mode=evaluate --config=configs/demo.py --workdir=DIR  (the evaluation part alone)
+  python main.py --mode=train --config=configs/gsanet_demo.py --workdir=DIR     (the training part alone)
+  python main.py --mode=evaluate --config=configs/gsanet_demo.py --workdir=DIR  (the evaluation part alone)
 
 Small everything: the tiny_cnn backbone, working width 32, 64x64 images without multi-scale training,
 N_R = 2 reference frames, 16 k-means clusters. The slot branch, FAT, KNN and both streams are all on
@@ -21,7 +21,7 @@ from configs import defaults
 
 
 def get_config():
-  config = defaults.get_config()
+  config = defaults.get_config('gsanet')
   m = config.model
   m.backbone = 'tiny_cnn'
   m.drop_path_rate = 0.0
@@ -48,7 +48,7 @@ def get_config():
   t.learning_rate = 2e-3
   t.end_learning_rate = 1e-4
   t.warmup_steps = 20
-  t.loss = 'f3net'  # Converges faster than the official double-sigmoid loss at this size.
+  config.model.loss = 'f3net'  # Converges faster than the official double-sigmoid loss at this size.
   t.log_every_steps = 25
   t.eval_every_steps = 500
   t.checkpoint_every_steps = 500
