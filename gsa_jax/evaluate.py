@@ -236,13 +236,22 @@ class _InstanceMasks(Mapping):
     return self._paths.get(frame, frame)
 
 
-def _instance_strip(result: inference.FrameResult, ids: np.ndarray, gt_path: str | None, size: int) -> np.ndarray:
+class _OneObject(_LazyMasks):
+  """frame name -> the binary ground truth of a frame as ids (1 = the foreground), read on access."""
+
+  def __getitem__(self, frame: str) -> np.ndarray:
+    return evaluation.binarize_ground_truth(super().__getitem__(frame)).astype(np.uint8)
+
+
+def _instance_strip(result: inference.FrameResult, ids: np.ndarray, gt_path: str | None, size: int,
+                    binary_gt: bool = False) -> np.ndarray:
   """RGB | predicted objects | ground-truth objects (DAVIS colours over the frame) at the model size."""
   frame = frames_lib.resize(result.frame, (size, size))
   pred = inference.resize_ids(ids, size, size)
   panels = [frame, instances.overlay(frame, pred)]
   if gt_path:
-    gt = inference.resize_ids(instances.read_instance_mask(gt_path), size, size)
+    gt = instances.read_instance_mask(gt_path)
+    gt = inference.resize_ids((gt != 0).astype(np.uint8) if binary_gt else gt, size, size)
     panels.append(instances.overlay(frame, np.where(gt == multi_object.VOID_LABEL, 0, gt)))
   return np.concatenate(panels, axis=1)
 
@@ -252,7 +261,8 @@ def _evaluate_instances(records: list[Any], segmenter: Any, config: ml_collectio
   """evaluate_split for instance models: id maps per frame, scored under eval.protocol (multi_object).
 
   Matching is per sequence but the data set figures pool objects and frames of every sequence, so every
-  process runs every video (no split over processes) and process 0 writes the masks.
+  process runs every video (no split over processes) and process 0 writes the masks. A binary-mask data set
+  (input_pipeline.datasets) is scored as one object per video: its foreground is id 1.
   """
   protocol = config.eval.protocol
   if protocol not in multi_object.PROTOCOLS:
@@ -289,7 +299,8 @@ def _evaluate_instances(records: list[Any], segmenter: Any, config: ml_collectio
         instances.write_instance_mask(path, ids)
       masks.add(str(result.name), ids, path)
       if v < num_overlays and result.index == strip_at:
-        image = _instance_strip(result, ids, record.mask_paths[result.index], segmenter.size)
+        image = _instance_strip(result, ids, record.mask_paths[result.index], segmenter.size,
+                                binary_gt=not isinstance(record, instances.InstanceVideoRecord))
         overlays.append(image)
         if writes:
           visualize.save_png(os.path.join(output_dir, 'overlays', f'{record.name}_{result.name}.png'), image)
@@ -299,7 +310,11 @@ def _evaluate_instances(records: list[Any], segmenter: Any, config: ml_collectio
       skipped[record.name] = 'no ground-truth masks'
       continue
     predictions[record.name] = masks
-    ground_truth.update(instances.ground_truth([record]))
+    if isinstance(record, instances.InstanceVideoRecord):
+      ground_truth.update(instances.ground_truth([record]))
+    else:  # a binary-mask data set: its foreground is one object (id 1)
+      ground_truth[record.name] = _OneObject({str(record.frame_names[i]): record.mask_paths[i]
+                                              for i in record.annotated})
   if not ground_truth:
     raise evaluation.EvaluationError(f'The {split} split has no ground-truth masks to score.')
   try:

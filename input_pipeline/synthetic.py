@@ -113,7 +113,7 @@ def _forward(layer: Layer, camera: Camera, t: float, q: np.ndarray) -> np.ndarra
   return zoom * (world - half) + half + pan
 
 
-def _inverse(layer: Layer, camera: Camera, t: float, x: np.ndarray) -> np.ndarray:
+def inverse(layer: Layer, camera: Camera, t: float, x: np.ndarray) -> np.ndarray:
   """Object coordinates of image points x [..., 2] at time t (the exact inverse of _forward)."""
   m, offset, bend, radius = layer.world(t)
   zoom, pan = camera.at(t)
@@ -123,7 +123,7 @@ def _inverse(layer: Layer, camera: Camera, t: float, x: np.ndarray) -> np.ndarra
   return np.stack([bent[..., 0] - bend * bent[..., 1] ** 2 / radius, bent[..., 1]], axis=-1)
 
 
-def _inside(shape: tuple | None, q: np.ndarray) -> np.ndarray:
+def inside(shape: tuple | None, q: np.ndarray) -> np.ndarray:
   if shape is None:
     return np.ones(q.shape[:-1], bool)
   r0, orders, amps, phases = shape
@@ -159,15 +159,15 @@ def sample_scene(scene: Scene, t: float, xy: np.ndarray) -> dict[str, np.ndarray
   flow = np.zeros(xy.shape)
   top = np.zeros(xy.shape[:-1], np.int64)
   for index, layer in enumerate(scene.layers):
-    q = _inverse(layer, scene.camera, t, xy)
-    inside = _inside(layer.shape, q)
-    if not inside.any():
+    q = inverse(layer, scene.camera, t, xy)
+    covered = inside(layer.shape, q)
+    if not covered.any():
       continue
     colour = _bilinear(layer.texture, q)
     moved = _forward(layer, scene.camera, t + 1, q) - xy
-    rgb = np.where(inside[..., None], colour, rgb)
-    flow = np.where(inside[..., None], moved, flow)
-    top = np.where(inside, index, top)
+    rgb = np.where(covered[..., None], colour, rgb)
+    flow = np.where(covered[..., None], moved, flow)
+    top = np.where(covered, index, top)
   return {'rgb': rgb, 'layer': top, 'flow': flow}
 
 
@@ -182,7 +182,7 @@ def render_frame(scene: Scene, t: int) -> dict[str, np.ndarray]:
 # Random scenes.
 
 
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
+def hsv(h: float, s: float, v: float) -> np.ndarray:
   import colorsys  # pylint: disable=g-import-not-at-top
   return np.array(colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))))
 
@@ -193,11 +193,11 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
   return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _texture(rng: np.random.Generator, size: int, hue: float, *, stripes: float, wavelength: float,
+def texture(rng: np.random.Generator, size: int, hue: float, *, stripes: float, wavelength: float,
              saturation: float = 0.7) -> np.ndarray:
   """A smooth colour texture [size, size, 3]: two colours of one hue family mixed by noise and stripes."""
-  c1 = _hsv(hue + rng.uniform(-0.04, 0.04), saturation + rng.uniform(-0.15, 0.15), rng.uniform(0.35, 0.6))
-  c2 = _hsv(hue + rng.uniform(-0.08, 0.08), saturation + rng.uniform(-0.2, 0.1), rng.uniform(0.7, 0.95))
+  c1 = hsv(hue + rng.uniform(-0.04, 0.04), saturation + rng.uniform(-0.15, 0.15), rng.uniform(0.35, 0.6))
+  c2 = hsv(hue + rng.uniform(-0.08, 0.08), saturation + rng.uniform(-0.2, 0.1), rng.uniform(0.7, 0.95))
   y, x = np.mgrid[0:size, 0:size].astype(np.float32)
   angle = rng.uniform(0, np.pi)
   wave = np.sin(2 * np.pi * (np.cos(angle) * x + np.sin(angle) * y) / wavelength + rng.uniform(0, 2 * np.pi))
@@ -206,14 +206,14 @@ def _texture(rng: np.random.Generator, size: int, hue: float, *, stripes: float,
   return ((1 - mix) * c1 + mix * c2).astype(np.float32)
 
 
-def _blob(rng: np.random.Generator, r0: float, wobble: float) -> tuple:
+def blob(rng: np.random.Generator, r0: float, wobble: float) -> tuple:
   orders = (2, 3, 5)
   amps = tuple(float(rng.uniform(0, wobble) / k ** 0.5) for k in orders)
   phases = tuple(float(rng.uniform(0, 2 * np.pi)) for _ in orders)
   return (float(r0), orders, amps, phases)
 
 
-def _texture_size(shape: tuple) -> int:
+def texture_size(shape: tuple) -> int:
   r0, _, amps, _ = shape
   return int(np.ceil(2 * r0 * (1 + sum(amps)) * 1.3)) + 4
 
@@ -234,16 +234,16 @@ def make_scene(rng: np.random.Generator, *, image_size: int, num_frames: int, di
   pan_extent = float(np.abs(camera.pan_velocity).max()) * (num_frames + 1)
   bg_size = int(np.ceil(1.3 * s / np.exp(-camera.zoom_amp) + 2 * pan_extent)) + 4
   background = Layer(
-      texture=_texture(rng, bg_size, bg_hue, stripes=rng.uniform(0.1, 0.4), wavelength=wavelength * 1.5,
+      texture=texture(rng, bg_size, bg_hue, stripes=rng.uniform(0.1, 0.4), wavelength=wavelength * 1.5,
                        saturation=rng.uniform(0.3, 0.7)),
       shape=None, centre=np.array([s / 2, s / 2]), amp=np.zeros(2), freq=np.zeros(2), phase=np.zeros(2),
       velocity=np.zeros(2), kind='background')
 
   def moving(kind: str, r0: float, hue: float, motion: float, centre: np.ndarray) -> Layer:
-    shape = _blob(rng, r0, 0.35 if kind != 'occluder' else 0.15)
-    size = _texture_size(shape)
+    shape = blob(rng, r0, 0.35 if kind != 'occluder' else 0.15)
+    size = texture_size(shape)
     return Layer(
-        texture=_texture(rng, size, hue, stripes=rng.uniform(0.2, 0.5), wavelength=wavelength),
+        texture=texture(rng, size, hue, stripes=rng.uniform(0.2, 0.5), wavelength=wavelength),
         shape=shape, centre=centre, amp=motion * s * rng.uniform(0.5, 1.0, 2),
         freq=rng.uniform(0.15, 0.35, 2) * rng.choice([-1, 1], 2), phase=rng.uniform(0, 2 * np.pi, 2),
         velocity=np.zeros(2), rot0=rng.uniform(0, 2 * np.pi),
