@@ -46,7 +46,7 @@ def run_demo(workdir: str, config: ml_collections.ConfigDict | None = None) -> d
   timings['train'] = time.time() - t0
 
   t0 = time.time()
-  results = evaluate.evaluate_checkpoint(config, workdir)
+  results = evaluate.evaluate_checkpoint(config, workdir, log_results=False)
   timings['evaluate'] = time.time() - t0
   timings['total'] = time.time() - start
   out = os.path.join(workdir, 'eval', 'test')

@@ -377,9 +377,11 @@ def _replace_dir(staging: str, output_dir: str) -> None:
     os.rename(staging, output_dir)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, checkpoint: str | None = None
-                        ) -> dict[str, Any]:
+def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, checkpoint: str | None = None, *,
+                        log_results: bool = True) -> dict[str, Any]:
   """Evaluates the best checkpoint of `workdir` (or `checkpoint`) on data.test; writes <workdir>/eval/test/.
+
+  `log_results=False` leaves the figures to the caller (the demo prints them once, as a table).
 
   `config` None uses the config saved with the checkpoint.
   """
@@ -419,6 +421,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str, 
   if jax.process_index() == 0:
     evaluation.write_results(results, staging, extra=info)
     _replace_dir(staging, output_dir)
-  summary = evaluation.format_summary(results)
-  logging.info('%s\n(%.1f frames/s) -> %s', summary, extra['fps'], os.path.join(output_dir, evaluation.RESULTS_JSON))
+  if log_results:
+    logging.info('%s\n(%.1f frames/s) -> %s', evaluation.format_summary(results), extra['fps'],
+                 os.path.join(output_dir, evaluation.RESULTS_JSON))
   return dict(results, **info)

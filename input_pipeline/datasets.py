@@ -12,15 +12,19 @@ docs/data.md gives each layout and how to get there from the official downloads.
 Checks on load (DataError naming the file and the fix): frames exist; every mask and every flow has a
 frame of the same name; each frame has a flow (a video whose flows stop one frame short reuses the
 previous flow for its last frame, as predict.py does); dense data sets (synthetic, davis16) have a mask
-on every frame; sparse ones (fbms, ytobj, youtubevos) score only annotated frames; frame, mask and
-flow sizes agree (on the first frame of each video by default, every frame with check='all'); masks
-follow the rule in images.py (binary or palette; merged multi-object where the data set has them).
-A missing FLOW folder names the command that makes it.
+on every frame; sparse ones (fbms, ytobj, youtubevos) score only annotated frames. Then, with
+check='all' (the default, `data.check`): for every frame, frame, mask and flow sizes agree (read from
+the image headers, nothing decoded), no JPEG or PNG is truncated (its end marker is there), and every
+mask follows the rule in images.py (binary or palette; merged multi-object only where the data set has
+them; single-object data sets refuse a third grey level); check='first' checks the first annotated frame
+of each video only, check='none' nothing. Every problem found is listed in one error. A missing FLOW
+folder names the command that makes it.
 """
 
+import concurrent.futures
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from input_pipeline import images as image_io
 from input_pipeline.images import DataError
@@ -67,7 +71,9 @@ class ImageRecord:
 
 
 def flow_command(frames: str, output: str) -> str:
-  return f'python main.py --mode=flow --input={frames} --output={output}'
+  """The command that (re-)makes the flow of `frames` in `output`, runnable as printed."""
+  overwrite = ' --overwrite' if os.path.exists(output) else ''
+  return f'python main.py --mode=flow --input={frames} --output={output}{overwrite}'
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,23 +121,73 @@ def _pair(name: str, frames: list[str], masks: list[str], flows: list[str] | Non
                      mask_paths=tuple(mask_by_stem.get(s) for s in stems), frame_names=tuple(frame_names))
 
 
-def check_record(record: VideoRecord, *, check: str = 'first', multi_object: bool = False) -> None:
-  """Sizes of frame, flow and mask agree, and masks follow the mask rule: 'first' frame, 'all', 'none'."""
+MAX_LISTED = 8  # problems shown in one error (the count of the others follows)
+
+
+def _file_problems(path: str, kind: str, frame: str | None, frame_size: tuple[int, int] | None, *,
+                   mask_rule: bool = False, multi_object: bool = False) -> list[str]:
+  """Problems of one frame, flow or mask file: header, truncation, size against its frame, mask rule."""
+  try:
+    size = image_io.image_size(path)
+  except DataError as e:
+    return [str(e)]
+  problems = [p for p in (image_io.truncation_problem(path),) if p]
+  if frame_size is not None and size != frame_size:
+    problems.append(f'{path}: the {kind} is {size[0]}x{size[1]} (h x w) but its frame {frame} is '
+                    f'{frame_size[0]}x{frame_size[1]}. Resize it to the frame size (masks with nearest neighbour) '
+                    'or re-make it from these frames.')
+  if mask_rule and not problems:
+    try:
+      image_io.read_mask(path, multi_object=multi_object)
+    except DataError as e:
+      problems.append(str(e))
+  return problems
+
+
+def record_problems(record: VideoRecord, *, check: str = 'all', multi_object: bool = False) -> list[str]:
+  """The problems of one video ('all' frames, the 'first' annotated one, or 'none'), one line each."""
   if check == 'none':
-    return
+    return []
   indices = range(len(record)) if check == 'all' else [record.annotated[0] if record.annotated else 0]
+  problems = []
   for i in indices:
-    size = image_io.image_size(record.frame_paths[i])
-    for kind, path in (('flow', record.flow_paths[i]), ('mask', record.mask_paths[i])):
-      if path is None:
-        continue
-      other = image_io.image_size(path)
-      if other != size:
-        raise DataError(f'{path}: the {kind} is {other[0]}x{other[1]} (h x w) but its frame {record.frame_paths[i]} '
-                        f'is {size[0]}x{size[1]}. Resize it to the frame size (masks with nearest neighbour) or '
-                        're-make it from these frames.')
+    frame = record.frame_paths[i]
+    frame_problems = _file_problems(frame, 'frame', None, None)
+    problems += frame_problems
+    if frame_problems:
+      continue
+    size = image_io.image_size(frame)
+    problems += _file_problems(record.flow_paths[i], 'flow', frame, size)
     if record.mask_paths[i] is not None:
-      image_io.read_mask(record.mask_paths[i], multi_object=multi_object)
+      problems += _file_problems(record.mask_paths[i], 'mask', frame, size, mask_rule=True,
+                                 multi_object=multi_object)
+  return list(dict.fromkeys(problems))  # a reused last flow is checked twice
+
+
+def check_record(record: VideoRecord, *, check: str = 'all', multi_object: bool = False) -> None:
+  """Raises one DataError listing every problem of `record` (see record_problems)."""
+  raise_problems(record_problems(record, check=check, multi_object=multi_object), f'video {record.name!r}')
+
+
+def raise_problems(problems: Sequence[str], where: str) -> None:
+  """One DataError for all `problems` (the first MAX_LISTED shown), or nothing when there are none."""
+  if not problems:
+    return
+  if len(problems) == 1:
+    raise DataError(problems[0])
+  shown = '\n  '.join(problems[:MAX_LISTED])
+  more = f'\n  ... and {len(problems) - MAX_LISTED} more' if len(problems) > MAX_LISTED else ''
+  raise DataError(f'{len(problems)} problems in {where}; fix or remove these files (a frame together with its '
+                  f'mask and flow):\n  {shown}{more}')
+
+
+def _problems_of_all(check_one: Callable[[object], list[str]], items: Sequence[object]) -> list[str]:
+  """check_one over `items` on a few threads (file reads and PNG decoding release the GIL), in order."""
+  if len(items) < 4:
+    return [p for item in items for p in check_one(item)]
+  workers = min(8, os.cpu_count() or 1, len(items))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return [p for found in pool.map(check_one, items) for p in found]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,7 +335,7 @@ def _resolve(name: str, root: str, split: str | None) -> str:
   return root
 
 
-def list_videos(name: str, root: str, split: str | None = None, *, check: str = 'first') -> list[VideoRecord]:
+def list_videos(name: str, root: str, split: str | None = None, *, check: str = 'all') -> list[VideoRecord]:
   """The videos of data set `name` under `root` (see the module docstring), checked on load."""
   if name not in VIDEO_DATASETS:
     raise DataError(f'Unknown video data set {name!r}; choose one of {", ".join(VIDEO_DATASETS)}.')
@@ -301,12 +357,13 @@ def list_videos(name: str, root: str, split: str | None = None, *, check: str = 
         'Annotations/ and FLOW/ beside it. See docs/data.md.')
   if not records:
     raise DataError(f'{folder}: no videos found.')
-  for r in records:
-    check_record(r, check=check, multi_object=name in MULTI_OBJECT)
+  multi_object = name in MULTI_OBJECT
+  problems = _problems_of_all(lambda r: record_problems(r, check=check, multi_object=multi_object), records)
+  raise_problems(problems, f'data set {name!r} at {folder}')
   return records
 
 
-def list_images(name: str, root: str, split: str | None = None, *, check: str = 'first') -> list[ImageRecord]:
+def list_images(name: str, root: str, split: str | None = None, *, check: str = 'all') -> list[ImageRecord]:
   """Still images with saliency masks: 'duts' (RGB/GT or DUTS-TR-Image/DUTS-TR-Mask) or 'synthetic_images'."""
   if name not in IMAGE_DATASETS:
     raise DataError(f'Unknown image data set {name!r}; choose one of {", ".join(IMAGE_DATASETS)}.')
@@ -336,9 +393,12 @@ def list_images(name: str, root: str, split: str | None = None, *, check: str = 
                     f'needs <name>.png in {os.path.join(folder, gt_sub)}.')
   records = [ImageRecord(image_io.stem(p), p, mask_by_stem[image_io.stem(p)]) for p in images]
   chosen = records if check == 'all' else records[:1] if check == 'first' else []
-  for r in chosen:
-    size, other = image_io.image_size(r.image_path), image_io.image_size(r.mask_path)
-    if size != other:
-      raise DataError(f'{r.mask_path}: the mask is {other[0]}x{other[1]} but its image is {size[0]}x{size[1]}.')
-    image_io.read_mask(r.mask_path)
+
+  def image_problems(r: ImageRecord) -> list[str]:
+    problems = _file_problems(r.image_path, 'image', None, None)
+    if problems:
+      return problems
+    return _file_problems(r.mask_path, 'mask', r.image_path, image_io.image_size(r.image_path), mask_rule=True)
+
+  raise_problems(_problems_of_all(image_problems, chosen), f'data set {name!r} at {folder}')
   return records

@@ -179,7 +179,7 @@ def test_mismatched_names_and_counts(tmp_path):
 def test_size_mismatch_and_bad_masks(tmp_path):
   _flat_tree(str(tmp_path / 'a'), ['bear'])
   _jpg(str(tmp_path / 'a' / 'FLOW' / 'bear_00001.jpg'), size=(H + 2, W))
-  datasets.list_videos('davis16', str(tmp_path / 'a'))  # 'first' checks frame 0 only
+  datasets.list_videos('davis16', str(tmp_path / 'a'), check='first')  # frame 0 only
   with pytest.raises(DataError, match=r'bear_00001.jpg: the flow is 26x32.*frame .*is 24x32'):
     datasets.list_videos('davis16', str(tmp_path / 'a'), check='all')
   _flat_tree(str(tmp_path / 'b'), ['bear'])

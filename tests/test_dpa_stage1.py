@@ -16,12 +16,12 @@ from gsa_jax.models.dpa import network
 from gsa_jax.models.dpa import weights as dpa_weights
 import torch_dpa as T
 from test_dpa_models import TINY, _check_gradients, _compare, _loss_and_grads, _train_close, compiled, torch_in
-from test_dpa_models import inputs, released  # pylint: disable=unused-import  (fixtures)
+from test_dpa_models import inputs, released  # noqa: F401  (pytest fixtures, used by name)
 
 torch.set_num_threads(1)
 
 
-def test_stage1_parity_and_gradients(inputs):
+def test_stage1_parity_and_gradients(inputs):  # noqa: F811
   torch_model = T.randomize_(T.PretrainModel(dim=16, width=0.125), 2, squeeze_scale=10.0)
   variables, settings = dpa_weights.convert_checkpoint(T.numpy_state(torch_model))   # stage and widths inferred
   assert settings.kind == 'saliency' and settings.dim == 16 and settings.vgg_width == 0.125
@@ -43,7 +43,7 @@ def test_stage1_parity_and_gradients(inputs):
 
 
 
-def test_stage1_transfer_is_the_official_rule(released):
+def test_stage1_transfer_is_the_official_rule(released):  # noqa: F811
   torch_video, video_vars, settings = released
   torch_stage1 = T.randomize_(T.PretrainModel(dim=16, width=0.125), 4)
   stage1_vars, _ = dpa_weights.convert_checkpoint(T.numpy_state(torch_stage1))

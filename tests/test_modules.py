@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from gsa_jax.bench import timing
-from gsa_jax.models.gsanet import config as gsanet_config
-from gsa_jax.models.gsanet import network as models
 from gsa_jax import ops
 from gsa_jax.models.gsanet import decoder as decoder_lib
 from gsa_jax.models.gsanet import fat as fat_lib

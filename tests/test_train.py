@@ -1,7 +1,5 @@
 """The trainer: config errors, NaN, workdir mismatch, init transfer (the real models end to end: test_contract.py)."""
 
-import json
-import os
 
 import jax
 import numpy as np
