@@ -381,7 +381,11 @@ def reference_indices(length: int, num_refs: int, rule: str = 'official') -> lis
 
   'official' (GSA-Net's and DPA's released loaders): frames i * (L // N_R), i = 0..N_R-1;
   'paper' (DPA's text): frames floor(i (L - 1) / (N_R - 1)), first and last included.
+  A video shorter than N_R is an error (a user's video for predict, or a test video).
   """
+  if num_refs > length:
+    raise errors.UserError(f'data.num_refs (N_R)={num_refs} is larger than the video ({length} frames); use at '
+                           f'most {length}.')
   if rule not in REFERENCE_RULES:
     raise errors.ConfigError(f'Unknown reference rule {rule!r} (data.test_reference_rule); choose one of '
                              f'{REFERENCE_RULES}.')

@@ -2,7 +2,7 @@
 every experiment config's model section (forward + backward at a tiny size), and the input errors.
 
 Tiny size: tiny_cnn backbone, dim 16, M = 8 clusters, KNN 4, 64x64 images, batch 2, N_R = 2.
-Variables come from `models.random_variables` (eval_shape + numpy) to skip init's compilation.
+Variables come from `gsa_jax.bench.timing.random_variables` (eval_shape + numpy) to skip init's compilation.
 """
 
 import functools

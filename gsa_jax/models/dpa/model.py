@@ -33,14 +33,6 @@ from input_pipeline import pipeline
 INIT_SIZE = 64  # parameters do not depend on the input size: init traces the model at 64x64, one reference
 
 
-def reference_frames(num_frames: int, *, num_refs: int, rule: str) -> list[int]:
-  """The test-time reference frames of a video (data.test_reference_rule); an error when it is too short."""
-  if num_refs > num_frames:
-    raise errors.UserError(f'data.num_refs (N_R)={num_refs} is larger than the video ({num_frames} frames); use at '
-                           f'most {num_frames}.')
-  return pipeline.reference_indices(num_frames, num_refs, rule)
-
-
 @registry.register
 class DPAModel(contract.Model):
   """DPA (Dual Prototype Attention, CVPR 2024) as released, and its stage-1 saliency model."""
@@ -151,7 +143,7 @@ class DPAModel(contract.Model):
         variables, size=int(d.image_size), batch_size=int(batch_size or e.batch_size),
         modalities=('rgb', 'flow') if self.is_video else ('rgb',), segment_fn=self._segment_fn,
         encode_fn=self._encode_fn if self.is_video else None,
-        context_rule=functools.partial(reference_frames, num_refs=num_refs, rule=rule) if self.is_video else None,
+        context_rule=functools.partial(pipeline.reference_indices, num_refs=num_refs, rule=rule) if self.is_video else None,
         tta=bool(e.tta if tta is None else tta), tta_scales=tuple(e.tta_scales))
 
   # -- weights -----------------------------------------------------------------------------------

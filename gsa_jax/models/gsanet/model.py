@@ -22,7 +22,6 @@ import numpy as np
 
 from gsa_jax import checkpoint
 from gsa_jax import contract
-from gsa_jax import errors
 from gsa_jax import inference
 from gsa_jax import registry
 from gsa_jax import visualize
@@ -46,14 +45,6 @@ PARTS = (
 
 def _is_mffm_branch(path: tuple[str, ...]) -> bool:
   return bool(re.fullmatch(r'(rgb|flow)_mffm\d+', path[0])) and any(p.startswith('branch') for p in path[1:])
-
-
-def reference_frames(num_frames: int, *, num_refs: int, rule: str) -> list[int]:
-  """The test-time reference frames of a video (data.test_reference_rule); an error when it is too short."""
-  if num_refs > num_frames:
-    raise errors.UserError(f'data.num_refs (N_R)={num_refs} is larger than the video ({num_frames} frames); use at '
-                           f'most {num_frames}.')
-  return pipeline.reference_indices(num_frames, num_refs, rule)
 
 
 @registry.register
@@ -188,7 +179,7 @@ class GSANetModel(contract.Model):
         variables, size=int(d.image_size), batch_size=int(batch_size or e.batch_size),
         modalities=('rgb', 'flow') if self.is_video else ('rgb',), segment_fn=self._segment_fn,
         encode_fn=self._encode_fn if self.is_video else None,
-        context_rule=functools.partial(reference_frames, num_refs=num_refs, rule=rule) if self.is_video else None,
+        context_rule=functools.partial(pipeline.reference_indices, num_refs=num_refs, rule=rule) if self.is_video else None,
         tta=bool(e.tta if tta is None else tta), tta_scales=tuple(e.tta_scales))
 
   # -- weights -----------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gsa_jax import backbones
 from gsa_jax import layers
@@ -368,27 +367,3 @@ def init_variables(model: nn.Module, key: jax.Array, inputs: dict[str, jnp.ndarr
   if isinstance(model, GSANet):
     return model.init({'params': key}, **inputs, train=False, kmeans_key=jax.random.key(0))
   return model.init({'params': key}, **inputs, train=False)
-
-
-def random_variables(abstract: Any, seed: int = 0) -> Any:
-  """Concrete variables for an abstract tree (from `jax.eval_shape` of init), filled by numpy.
-
-  A cheap stand-in for `model.init` in tests and benchmarks (init compiles one random program per
-  parameter shape, tens of seconds on a small CPU): kernels N(0, 1/fan_in), biases N(0, 0.01),
-  norm scales 1, BatchNorm statistics (0, 1).
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = getattr(path[-1], 'key', '')
-    shape, dtype = leaf.shape, leaf.dtype
-    if name in ('scale', 'var'):
-      return jnp.ones(shape, dtype)
-    if name == 'mean':
-      return jnp.zeros(shape, dtype)
-    if name == 'bias':
-      return jnp.asarray(rng.normal(0.0, 0.01, shape), dtype)
-    fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    return jnp.asarray(rng.normal(0.0, 1.0 / np.sqrt(max(fan_in, 1)), shape), dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
