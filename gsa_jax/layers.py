@@ -1,4 +1,5 @@
-"""Layers shared by the models ported from PyTorch: BatchNorm with PyTorch's statistics, conv helpers.
+"""Layers shared by the models ported from PyTorch: BatchNorm with PyTorch's statistics, conv helpers,
+and a softmax whose gradient stays accurate in float32 when it saturates (`softmax`).
 
 BatchNorm here differs from `flax.linen.BatchNorm` in two ways, both to train as PyTorch does:
   * the running variance folds in the *unbiased* batch variance (x n / (n - 1), n = the number of
@@ -12,6 +13,7 @@ see the same tree as with nn.BatchNorm. Under `jax.jit` over a batch-sharded mes
 are those of the global batch (PyTorch's SyncBatchNorm, not DataParallel's per-GPU statistics).
 """
 
+import functools
 import math
 from typing import Any
 
@@ -61,6 +63,39 @@ class BatchNorm(nn.Module):
     inv = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
     y = (x.astype(jnp.float32) - mean) * inv + bias.astype(jnp.float32)
     return y.astype(self.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def softmax(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+  """jax.nn.softmax in at least float32, with a gradient that stays accurate when it saturates.
+
+  The gradient of y = softmax(x) for a cotangent g is y * (g - <y, g>). When one entry y_k is close
+  to 1, <y, g> ~ g_k and the k-th entry is the difference of two nearly equal numbers: in float32 it
+  keeps only the digits above 1e-7 |g|, while the true value can be far smaller (the others are
+  ~y_j). Shifting g by its value at the largest y first (exact, since the rows of the softmax
+  Jacobian sum to zero) makes that entry 0 - <y, g - g_k>, a sum of small terms: no cancellation.
+  The forward is jax.nn.softmax's.
+  """
+  return jax.nn.softmax(_at_least_f32(x), axis=axis)
+
+
+def _at_least_f32(x: jnp.ndarray) -> jnp.ndarray:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _softmax_fwd(x, axis):
+  y = softmax(x, axis)
+  return y, y
+
+
+def _softmax_bwd(axis, y, g):
+  g = g.astype(y.dtype)
+  top = jnp.argmax(y, axis=axis, keepdims=True)
+  g = g - jnp.take_along_axis(g, top, axis=axis)
+  return (y * (g - jnp.sum(y * g, axis=axis, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def conv(features: int, kernel: int, *, dilation: int = 1, use_bias: bool = True,

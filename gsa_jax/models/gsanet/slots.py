@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gsa_jax import layers
 from gsa_jax import ops
 from gsa_jax.models.gsanet import fat as fat_lib
 from gsa_jax.models.gsanet import mffm
@@ -84,7 +85,7 @@ class SlotGenerator(nn.Module):
     # Initial slots.
     if cfg.use_guided_slots:
       slot_logits = _conv1x1(cfg.num_slots, self.dtype, 'slot_enc')(x3)   # [b h w k]
-      slot_mask = jax.nn.softmax(slot_logits.astype(jnp.float32), axis=-1)
+      slot_mask = layers.softmax(slot_logits, axis=-1)
       slots = ops.gwap(tokens, slot_mask.reshape(b, h * w, -1).astype(tokens.dtype), cfg.slot_pool)
     else:
       # Slot Attention (Locatello et al.): slots ~ N(mu, sigma^2), sampled with the k-means key in
@@ -96,7 +97,7 @@ class SlotGenerator(nn.Module):
       slots = (mu + jnp.exp(log_sigma) * noise).astype(tokens.dtype)
       # Coarse map: softmax over slots of the scaled dot products with the initial slots.
       logits = jnp.einsum('bhwc,bkc->bhwk', sqz, slots) * c ** -0.5
-      slot_mask = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      slot_mask = layers.softmax(logits, axis=-1)
 
     # Aggregation of local (target) and global (reference) prototypes into M prototypes.
     if cfg.use_fat:
@@ -126,7 +127,7 @@ class SlotAttentionUpdate(nn.Module):
     q = nn.Dense(c, use_bias=False, dtype=self.dtype, name='to_q')(
         fat_lib.layer_norm(self.dtype, 'slot_norm')(slots))
     logits = jnp.einsum('bkc,bpc->bkp', q, k) * c ** -0.5
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=1) + self.eps     # over slots
+    attn = layers.softmax(logits, axis=1) + self.eps     # over slots
     weights = (attn / jnp.sum(attn, axis=-1, keepdims=True)).astype(v.dtype)  # mean over inputs
     updates = jnp.einsum('bkp,bpc->bkc', weights, v)
     gru = nn.GRUCell(features=c, dtype=self.dtype, name='gru')
