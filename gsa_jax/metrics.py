@@ -1,8 +1,8 @@
 """DAVIS video-segmentation measures on binary masks (numpy, host side).
 
 Everything here is per frame on original-size binary masks `[h, w]`, and gives the same numbers as the
-official DAVIS tools (the 2016 MATLAB benchmark, its Python port and davis2017-evaluation); see
-/work/shared/reference/evaluation_protocol.md §1.2-1.4.
+official DAVIS tools (the 2016 MATLAB benchmark, its Python port and davis2017-evaluation); README.md
+("Evaluation") says how that was checked.
 
   jaccard(pred, gt)            J: |P ∩ G| / |P ∪ G|; an empty union scores 1. Optional void mask.
   seg2bmap(mask)               1-pixel boundary map (D. Martin's BSDS seg2bmap, no thinning).
