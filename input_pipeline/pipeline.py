@@ -22,7 +22,7 @@ uninterrupted iterator yields from step s on, on any number of parallel workers.
 """
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -374,6 +374,25 @@ def create_train_iterator(data_config, *, train_input: str, batch_size: int, see
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation.
+
+
+def example_batch(train_input: str, *, batch_size: int, size: int, num_refs: int) -> dict[str, np.ndarray]:
+  """Zeros shaped as a batch of the 'reference_frames' (two-stream video) or 'images' (RGB only) input."""
+  if train_input not in ('reference_frames', 'images'):
+    raise ValueError(f'example_batch builds the reference_frames and images inputs, not {train_input!r}.')
+  zeros = lambda *shape: np.zeros((batch_size, *shape), np.float32)
+  batch = {'rgb': zeros(size, size, 3), 'mask': zeros(size, size, 1)}
+  if train_input == 'reference_frames':
+    batch.update(flow=zeros(size, size, 3), ref_rgb=zeros(num_refs, size, size, 3),
+                 ref_flow=zeros(num_refs, size, size, 3))
+  return batch
+
+
+def model_inputs(train_input: str, batch: Mapping[str, Any]) -> tuple:
+  """The positional network inputs of such a batch: (rgb, flow, ref_rgb, ref_flow), or (rgb,) for images."""
+  if train_input == 'reference_frames':
+    return batch['rgb'], batch['flow'], batch['ref_rgb'], batch['ref_flow']
+  return (batch['rgb'],)
 
 
 def reference_indices(length: int, num_refs: int, rule: str = 'official') -> list[int]:

@@ -77,19 +77,12 @@ class DPAModel(contract.Model):
     return network.build_model(self.settings)
 
   def example_batch(self, batch_size: int = 1, image_size: int | None = None) -> dict[str, np.ndarray]:
-    s = int(image_size or self.config.data.image_size)
-    t = int(self.config.data.num_refs)
-    batch = {'rgb': np.zeros((batch_size, s, s, 3), np.float32), 'mask': np.zeros((batch_size, s, s, 1), np.float32)}
-    if self.is_video:
-      batch.update(flow=np.zeros((batch_size, s, s, 3), np.float32),
-                   ref_rgb=np.zeros((batch_size, t, s, s, 3), np.float32),
-                   ref_flow=np.zeros((batch_size, t, s, s, 3), np.float32))
-    return batch
+    return pipeline.example_batch(self.train_input, batch_size=batch_size,
+                                  size=int(image_size or self.config.data.image_size),
+                                  num_refs=int(self.config.data.num_refs))
 
   def _inputs(self, batch: Mapping[str, Any]) -> tuple:
-    if self.is_video:
-      return batch['rgb'], batch['flow'], batch['ref_rgb'], batch['ref_flow']
-    return (batch['rgb'],)
+    return pipeline.model_inputs(self.train_input, batch)
 
   def init(self, key: jax.Array) -> contract.Variables:
     inputs = network.example_inputs(self.settings, size=INIT_SIZE, num_refs=1)
