@@ -12,3 +12,7 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
   """An invalid config: unknown keys or bad values (every problem listed)."""
+
+
+class EvaluationError(UserError):
+  """Bad evaluation input: missing or unreadable masks, size mismatches, empty folders, missing sequences."""

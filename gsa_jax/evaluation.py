@@ -128,8 +128,7 @@ def check_eval_config(e: Any, output_kind: str = 'binary') -> list[str]:
   return problems
 
 
-class EvaluationError(errors.UserError):
-  """Bad evaluation input: missing or unreadable masks, size mismatches, empty folders."""
+EvaluationError = errors.EvaluationError
 
 
 # ------------------------------------------------------------------------------------------------
@@ -382,22 +381,11 @@ def score_sequences(predictions: Mapping[str, Mapping[str, np.ndarray]],
   Returns the results dict described in the module docstring.
   """
   protocol_description(protocol)
-  if not ground_truth:
-    raise EvaluationError('No ground-truth sequences to score.')
-  if not predictions:
-    raise EvaluationError('No predicted sequences to score.')
-  missing = sorted(set(ground_truth) - set(predictions), key=_natural_key)
-  if missing:
-    have = sorted(predictions, key=_natural_key)
-    raise EvaluationError(
-        f'No predictions for {len(missing)} ground-truth sequence(s): {", ".join(missing[:10])}'
-        f'{" ..." if len(missing) > 10 else ""}. Predicted sequences: {", ".join(have[:10])}'
-        f'{" ..." if len(have) > 10 else ""}. Predict every sequence of the ground-truth set (names must '
-        'match).')
+  scored = metrics.scored_sequences(predictions, ground_truth)
   soft_frames: list[str] = []
   sequences: dict[str, dict[str, Any]] = {}
   skipped: dict[str, str] = {}
-  for seq in sorted(ground_truth, key=_natural_key):
+  for seq in scored:
     entry, why = score_sequence(seq, predictions[seq], ground_truth[seq], protocol, bound_th=bound_th,
                                 soft_frames=soft_frames)
     if entry is None:

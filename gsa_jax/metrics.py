@@ -9,6 +9,8 @@ official DAVIS tools (the 2016 MATLAB benchmark, its Python port and davis2017-e
   boundary_tolerance(shape)    the match radius: ceil(0.008 · ||(h, w)||) pixels (8 px at 480x854).
   boundary_f(pred, gt)         F: boundary precision/recall within that radius (Euclidean disk).
   sequence_statistics(x)       M (nanmean), O (recall: fraction > 0.5) and D (decay over 4 bins).
+  scored_sequences(pred, gt)   the ground-truth sequences in natural order, each one checked to have
+                               predictions (the single-object and multi-object evaluators both use it).
 
 Deliberate deviation from the official code: the decay bin edges are int64. The official
 `db_statistics` casts them to uint8, which wraps for sequences longer than 256 frames and gives a wrong
@@ -16,9 +18,13 @@ or NaN decay there (N=300: edges [0, 75, 150, 224, 43]). For N <= 256 the number
 """
 
 import math
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
+
+from gsa_jax import errors
+from input_pipeline import images as image_io
 
 DEFAULT_BOUND_TH = 0.008
 RECALL_THRESHOLD = 0.5
@@ -177,3 +183,21 @@ def _nanmean(x: np.ndarray) -> float:
   if not finite.any():
     return math.nan
   return float(np.mean(x[finite]))
+
+
+def scored_sequences(predictions: Mapping, ground_truth: Mapping) -> list[str]:
+  """The ground-truth sequence names in natural order; raises errors.EvaluationError when either side is
+  empty or a ground-truth sequence has no predictions (the message lists both sides' names)."""
+  if not ground_truth:
+    raise errors.EvaluationError('No ground-truth sequences to score.')
+  if not predictions:
+    raise errors.EvaluationError('No predicted sequences to score.')
+  key = image_io.natural_key
+  missing = sorted(set(ground_truth) - set(predictions), key=key)
+  if missing:
+    have = sorted(predictions, key=key)
+    raise errors.EvaluationError(
+        f'No predictions for {len(missing)} ground-truth sequence(s): {", ".join(missing[:10])}'
+        f'{" ..." if len(missing) > 10 else ""}. Predicted sequences: {", ".join(have[:10])}'
+        f'{" ..." if len(have) > 10 else ""}. Predict every sequence of the ground-truth set (names must match).')
+  return sorted(ground_truth, key=key)

@@ -44,7 +44,6 @@ level (J_mean, J_recall, J_decay, F_mean, F_recall, F_decay, G), one entry per o
 """
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +54,7 @@ from scipy import optimize
 
 from gsa_jax import errors
 from gsa_jax import metrics
+from input_pipeline import images as image_io
 
 PROTOCOLS = ('davis17', 'davis17_per_frame', 'fgari_miou')
 STAT_KEYS = ('J_mean', 'J_recall', 'J_decay', 'F_mean', 'F_recall', 'F_decay', 'G')
@@ -72,7 +72,7 @@ NAMES_DEVIATION = (
     'reproduces its table).')
 
 
-class MultiObjectError(errors.UserError):
+class MultiObjectError(errors.EvaluationError):
   """Bad multi-object evaluation input; the message names the sequence / frame and the fix."""
 
 
@@ -80,9 +80,7 @@ class MultiObjectError(errors.UserError):
 # Shared input handling.
 
 
-def natural_key(name: str) -> tuple:
-  """Sort key that orders '2' before '10'."""
-  return tuple((0, int(t), '') if t.isdigit() else (1, 0, t) for t in re.split(r'(\d+)', str(name)) if t)
+natural_key = image_io.natural_key  # the sort order of every sequence and frame listing
 
 
 def _describe(masks: Mapping, seq: str, frame: str) -> str:
@@ -112,20 +110,7 @@ def as_id_map(mask: Any, what: str) -> np.ndarray:
   return array
 
 
-def check_sequences(predictions: Mapping, ground_truth: Mapping) -> list[str]:
-  """The ground-truth sequences in natural order; every one must have predictions."""
-  if not ground_truth:
-    raise MultiObjectError('No ground-truth sequences to score.')
-  if not predictions:
-    raise MultiObjectError('No predicted sequences to score.')
-  missing = sorted(set(ground_truth) - set(predictions), key=natural_key)
-  if missing:
-    have = sorted(predictions, key=natural_key)
-    raise MultiObjectError(
-        f'No predictions for {len(missing)} ground-truth sequence(s): {", ".join(missing[:10])}'
-        f'{" ..." if len(missing) > 10 else ""}. Predicted sequences: {", ".join(have[:10])}'
-        f'{" ..." if len(have) > 10 else ""}. Predict every sequence of the ground-truth set (names must match).')
-  return sorted(ground_truth, key=natural_key)
+check_sequences = metrics.scored_sequences  # shared with the single-object evaluator
 
 
 def read_sequence(seq: str, pred_seq: Mapping, gt_seq: Mapping) -> tuple[list[str], np.ndarray, np.ndarray]:

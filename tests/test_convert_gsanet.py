@@ -3,7 +3,7 @@
 1. Round trip: our tiny model's random variables -> `to_official_state_dict` -> a torch .pth shaped like
    the official training checkpoints ({"epoch", "model_state_dict"}, DataParallel `module.` keys) ->
    `convert` -> `checkpoint.load_variables`: the same variables, the same model outputs. Also the stage-1 model.
-2. Layout: a few official modules written here in torch from the reference notes (MFFM, FAT, Res, Fusion,
+2. Layout: a few official modules re-created in torch (tests/torch_gsanet.py: MFFM, FAT, Res, Fusion,
    a head) plus transformers' SegformerForImageClassification as the encoder: their state-dict names and
    shapes must be exactly those we emit, and after conversion our Flax modules must give their outputs.
 3. Reports: renamed keys, changed shapes, another architecture, a config that does not fit; nothing written.
@@ -30,6 +30,7 @@ from gsa_jax import backbones
 from gsa_jax.models.gsanet import decoder as decoder_lib
 from gsa_jax.models.gsanet import fat as fat_lib
 from gsa_jax.models.gsanet import mffm as mffm_lib
+from tests import torch_gsanet as T
 
 torch.set_num_threads(1)
 
@@ -176,132 +177,9 @@ def test_pretrain_checkpoint_round_trip(tmp_path):
 # 2. Layout against torch modules written from the reference notes (§2.2, §2.5, §2.8, §2.9).
 # ------------------------------------------------------------------------------------------------
 
-class TBasicConv(tnn.Module):
-  def __init__(self, cin, cout, k, dilation=1):
-    super().__init__()
-    self.conv = tnn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False)
-    self.bn = tnn.BatchNorm2d(cout)
-
-  def forward(self, x):
-    return self.bn(self.conv(x))
-
-
-class TMFFM(tnn.Module):
-  """Video-model MFFM: each branch inside an nn.Sequential."""
-
-  def __init__(self, cin, c):
-    super().__init__()
-    self.branch0 = tnn.Sequential(TBasicConv(cin, c, 1))
-    self.branch1 = tnn.Sequential(TBasicConv(c, c, 3, 6))
-    self.branch2 = tnn.Sequential(TBasicConv(c, c, 3, 12))
-    self.branch3 = tnn.Sequential(TBasicConv(c, c, 3, 18))
-    self.in_conv = tnn.Conv2d(cin, c, 1)
-
-  def forward(self, x):
-    sq = self.in_conv(x)
-    y1 = self.branch1(sq)
-    y2 = self.branch2(sq + y1)
-    y3 = self.branch3(sq + y2)
-    return torch.relu(self.branch0(x) + y3)
-
-
-def _holder(**modules) -> tnn.Module:
-  m = tnn.Module()
-  for name, sub in modules.items():
-    setattr(m, name, sub)
-  return m
-
-
-class TFormer(tnn.Module):
-  """Pre-LN block, 2 heads of 32, bias-free qkv; names layers.0.{0,1}.{norm,fn...}."""
-
-  def __init__(self, c, heads=2, dim_head=32):
-    super().__init__()
-    self.heads, self.dim_head = heads, dim_head
-    inner = heads * dim_head
-    attn = _holder(norm=tnn.LayerNorm(c), fn=_holder(
-        to_qkv=tnn.Linear(c, 3 * inner, bias=False), to_out=tnn.Sequential(tnn.Linear(inner, c), tnn.Dropout(0.3))))
-    ffn = _holder(norm=tnn.LayerNorm(c), fn=_holder(net=tnn.Sequential(
-        tnn.Linear(c, 2 * c), tnn.GELU(), tnn.Dropout(0.3), tnn.Linear(2 * c, c), tnn.Dropout(0.3))))
-    self.layers = tnn.ModuleList([tnn.ModuleList([attn, ffn])])
-
-  def forward(self, x):  # [b n c]
-    attn, ffn = self.layers[0]
-    b, n, _ = x.shape
-    q, k, v = (t.reshape(b, n, self.heads, self.dim_head).transpose(1, 2)
-               for t in attn.fn.to_qkv(attn.norm(x)).chunk(3, dim=-1))
-    weights = torch.softmax(q @ k.transpose(-1, -2) * self.dim_head ** -0.5, dim=-1)
-    x = x + attn.fn.to_out((weights @ v).transpose(1, 2).reshape(b, n, -1))
-    return x + ffn.fn.net(ffn.norm(x))
-
-
-def _cross(c):
-  return _holder(to_q=tnn.Linear(c, c), to_k=tnn.Linear(c, c), to_v=tnn.Linear(c, c),
-                 to_out=tnn.Sequential(tnn.Linear(c, c), tnn.Dropout(0.0)))
-
-
-class TFAT(tnn.Module):
-  """FAT on (tokens [B, C, N], groups [B, C, G, K]) -> [B, C, N], with the unused convn/convl/convd."""
-
-  def __init__(self, c):
-    super().__init__()
-    self.conva = tnn.Conv1d(c, c, 1, bias=False)
-    self.ATB = _holder(G2L=_cross(c), L2G=_cross(c), former1=TFormer(c), former2=TFormer(c))
-    self.convn = tnn.Conv1d(c, c, 1, bias=False)
-    self.convl = tnn.Conv1d(c, c, 1, bias=False)
-    self.convd = tnn.Sequential(tnn.Conv1d(2 * c, c, 1, bias=False), tnn.BatchNorm1d(c))
-    self.line_conv_att = tnn.Conv2d(c, 1, 1, bias=False)
-
-  def forward(self, tokens, groups):
-    c = tokens.shape[1]
-    pooled = (groups * torch.softmax(self.line_conv_att(groups), dim=-1)).sum(-1)   # [B C G]
-    z = self.conva(pooled).transpose(1, 2)                                          # [B G C]
-    x = tokens.transpose(1, 2)                                                      # [B N C]
-    g2l, l2g = self.ATB.G2L, self.ATB.L2G
-    v = g2l.to_v(x)
-    z = z + g2l.to_out(torch.softmax(g2l.to_q(z) @ g2l.to_k(x).transpose(1, 2) / c ** 0.5, -1) @ v)
-    x = v
-    z = self.ATB.former1(z)
-    x = x + l2g.to_out(torch.softmax(l2g.to_q(x) @ l2g.to_k(z).transpose(1, 2) / c ** 0.5, -1) @ l2g.to_v(z))
-    x = self.ATB.former2(x)
-    return torch.nn.functional.leaky_relu(x, 0.2).transpose(1, 2)
-
-
-class TRes(tnn.Module):
-  def __init__(self, cin, cout):
-    super().__init__()
-    self.conv1 = tnn.Sequential(tnn.Conv2d(cin, cin, 3, 1, 1), tnn.BatchNorm2d(cin), tnn.ReLU(),
-                                tnn.Conv2d(cin, cin, 3, 1, 1))
-    self.conv2 = tnn.Sequential(tnn.Conv2d(cin, cout, 3, 1, 1), tnn.BatchNorm2d(cout), tnn.ReLU())
-
-  def forward(self, y):
-    return self.conv2(torch.relu(y + self.conv1(y)))
-
-
-class TFusion(tnn.Module):
-  def __init__(self, c):
-    super().__init__()
-    self.conv_upsample = TBasicConv(c, c, 3)
-    self.cat_conv = TBasicConv(2 * c, c, 3)
-
-  def forward(self, low, high):
-    return torch.relu(self.cat_conv(torch.cat([low, low * high], dim=1)))
-
-
 def _randomise(module: tnn.Module, seed: int) -> tnn.Module:
-  """Random weights, BN statistics and norm affines; eval mode."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in module.state_dict().items():
-      if not t.is_floating_point():
-        continue
-      if name.endswith('running_var'):
-        t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-      elif t.ndim == 1:
-        t.copy_((1.0 if name.endswith('weight') else 0.0) + 0.1 * torch.randn(t.shape, generator=gen))
-      else:
-        t.copy_(torch.randn(t.shape, generator=gen) / np.sqrt(t[0].numel()))
-  return module.eval()
+  """Random weights, BN statistics and norm affines (tests/torch_gsanet.py); eval mode."""
+  return T.randomise(module, seed).eval()
 
 
 def _nchw(x):
@@ -319,10 +197,10 @@ def test_official_layout_against_torch_modules(tiny_video, tmp_path):
   encoder = _randomise(transformers.SegformerForImageClassification(hf_config), 10)
   torch_modules = {
       'rgb_encoder.': encoder,
-      'rgb_MFFM2.': _randomise(TMFFM(160, DIM), 11),
-      'rgb_SG.FAT.': _randomise(TFAT(DIM), 12),
-      'total_fuse1.': _randomise(TRes(2 * DIM, DIM), 13),
-      'fusion2.': _randomise(TFusion(DIM), 14),
+      'rgb_MFFM2.': _randomise(T.TMFFM(160, DIM), 11),
+      'rgb_SG.FAT.': _randomise(T.TFAT(DIM), 12),
+      'total_fuse1.': _randomise(T.TRes(2 * DIM, DIM), 13),
+      'fusion2.': _randomise(T.TFusion(DIM), 14),
       'linearr5.': _randomise(tnn.Conv2d(DIM, 1, 3, 1, 1), 15),
   }
   for prefix, module in torch_modules.items():

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 
+from gsa_jax import errors
 from gsa_jax import evaluation
 from gsa_jax import metrics
 from gsa_jax import multi_object as mo
@@ -174,7 +175,7 @@ def test_bad_input_errors():
   gt = _squares(4)
   with pytest.raises(mo.MultiObjectError, match='No prediction for ground-truth frame seq/00003'):
     mo.davis17({'seq': {k: v for k, v in _video(gt)['seq'].items() if k != '00003'}}, _video(gt))
-  with pytest.raises(mo.MultiObjectError, match='No predictions for 1 ground-truth sequence'):
+  with pytest.raises(errors.EvaluationError, match='No predictions for 1 ground-truth sequence'):
     mo.davis17(_video(gt, 'other'), _video(gt))
   with pytest.raises(mo.MultiObjectError, match='is 48x40 .* ground truth .* is 48x48'):
     mo.davis17(_video(gt[:, :, :40]), _video(gt))
