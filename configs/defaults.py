@@ -53,13 +53,23 @@ def data_config() -> ml_collections.ConfigDict:
   d.synthetic_multi = ml_collections.ConfigDict(dict(
       num_train_videos=16, num_val_videos=4, num_frames=(8, 12), frame_sizes=((64, 96),), num_objects=(2, 4),
       letterbox=0.0, bar_sizes=(8, 16), flat_colours=False, flow=False, seed=0))
-  # The 'clips' training input (SOLV): clips of 2N + 1 frames, N = clip_half_window (must equal
-  # model.half_window), each frame resized to clip_size (height, width) (must equal model.image_size) after
+  # The 'clips' training input (SOLV, Betrayed by Attention): clips of 2N + 1 frames, N = clip_half_window (must
+  # equal model.half_window), each frame resized to clip_size (height, width) (must equal model.image_size) after
   # removing its black borders (clip_borders, the released YTVIS loader).
   d.clip_half_window = 2
   d.clip_size = (336, 504)
   d.clip_borders = True
   d.ytvis_splits = ('train', 'valid', 'test')  # YouTube-VIS splits merged for 'clips' training (released: all).
+  # Frame stride s of a clip: frames t - N s .. t + N s (1 = consecutive, SOLV; Betrayed by Attention: 4).
+  d.clip_stride = 1
+  # A clip that does not fit in its video: 'pad' (zero frames, 0 in frame_mask; SOLV) | 'shrink' (Betrayed by
+  # Attention: the stride falls until the clip fits, the centre is clamped, every frame real).
+  d.clip_fit = 'pad'
+  # Resize: True = bilinear with antialiasing, as PIL (SOLV) | False = cv2 INTER_LINEAR (Betrayed by Attention).
+  d.clip_antialias = True
+  # Clip augmentation, one draw per clip for all of its frames: 'none' (SOLV) | 'betrayed' (grayscale, colour
+  # jitter and blur of Betrayed by Attention; input_pipeline.clip_augment).
+  d.clip_augment = 'none'
   return d
 
 
@@ -82,6 +92,9 @@ def train_config() -> ml_collections.ConfigDict:
   t.b2 = 0.999
   t.eps = 1e-8
   t.weight_decay = 0.0  # > 0: AdamW.
+  # What AdamW decays: 'all' (every trained parameter) | 'matrices' (parameters of 2 or more dimensions only:
+  # weights, not biases or norm scales; Betrayed by Attention as released).
+  t.weight_decay_mask = 'all'
   t.grad_clip_norm = 0.0  # 0 = off (official: off).
   t.init_from = ''  # checkpoint dir to initialise from (stage-1 model, or a converted checkpoint).
   t.log_every_steps = 50
@@ -115,7 +128,11 @@ def get_config(model: str = 'gsanet') -> ml_collections.ConfigDict:
   config.data = data_config()
   config.train = train_config()
   config.eval = eval_config()
-  # A family may name its own default protocol (instance-mask models: e.g. SOLV's 'fgari_miou').
+  # A family may name its own default protocol (instance-mask models: e.g. SOLV's 'fgari_miou') and set its
+  # released values of the shared sections (e.g. Betrayed by Attention's 3-frame clips and optimiser).
   config.eval.protocol = getattr(family, 'default_protocol', config.eval.protocol)
+  released = getattr(family, 'released_defaults', None)
+  if released is not None:
+    released(config)
   return config
 

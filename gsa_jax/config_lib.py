@@ -51,6 +51,6 @@ def validate(config: ml_collections.ConfigDict, *, roles: Sequence[str] = ('trai
   problems += data_sources.check_data_config(config.data, roles)
   if training:
     problems += optim.check_train_config(config.train)
-  problems += evaluation.check_eval_config(config.eval, family.output_kind)
+  problems += evaluation.check_eval_config(config.eval, family.output_kind_for(config))
   if problems:
     raise errors.ConfigError('Invalid config:\n  ' + '\n  '.join(problems))

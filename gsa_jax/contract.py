@@ -59,6 +59,12 @@ class Model(abc.ABC):
   # -- config ------------------------------------------------------------------------------------
 
   @classmethod
+  def output_kind_for(cls, config: ml_collections.ConfigDict) -> str:
+    """The output kind of the family under `config` (a family whose model section picks it overrides this)."""
+    del config
+    return cls.output_kind
+
+  @classmethod
   @abc.abstractmethod
   def model_config(cls) -> ml_collections.ConfigDict:
     """The defaults of the model section, `name` included, every field commented."""

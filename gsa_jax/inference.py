@@ -74,9 +74,11 @@ class Timer:
 
 
 class Segmenter(abc.ABC):
-  """A model's compiled inference on one video: context once, then batches of frames at size x size."""
+  """A model's compiled inference on one video: context once, then batches of frames at size x size (or at
+  input_hw = (height, width) when the segmenter sets it)."""
 
   size: int
+  input_hw: tuple[int, int] | None = None
   batch_size: int
   modalities: tuple[str, ...]  # the per-frame inputs: ('rgb',) or ('rgb', 'flow')
   compile_seconds: float = 0.0
@@ -290,7 +292,7 @@ def _batches(frames: frames_lib.FrameSource, batch_size: int,
     start += len(batch)
 
 
-def _prepare(modality: str, images: Sequence[np.ndarray], size: int) -> np.ndarray:
+def _prepare(modality: str, images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
   return frames_lib.prepare_rgb(images, size) if modality == 'rgb' else frames_lib.prepare_flow(images, size)
 
 
@@ -303,7 +305,9 @@ def run_video(segmenter: Segmenter, frames: frames_lib.FrameSource, flows: frame
   before each batch (tests use it to inject failures).
   """
   timer = Timer() if timer is None else timer
-  num_frames, size, batch_size = len(frames), segmenter.size, segmenter.batch_size
+  num_frames, batch_size = len(frames), segmenter.batch_size
+  # The frames go in at the segmenter's input_hw (height, width) when it has one, else size x size.
+  size = tuple(getattr(segmenter, 'input_hw', None) or (segmenter.size, segmenter.size))
   needs_flow = 'flow' in segmenter.modalities
   if needs_flow and flows is None:
     raise ValueError('This model takes optical flow: pass a FlowSource.')

@@ -1,6 +1,7 @@
 """The optimiser and learning-rate schedule of the train section, and that section's validation.
 
-Adam (AdamW when weight_decay > 0), optional global-norm clipping, and a schedule stepped per iteration:
+Adam (AdamW when weight_decay > 0, on every trained parameter or, weight_decay_mask='matrices', on those
+of 2 or more dimensions only), optional global-norm clipping, and a schedule stepped per iteration:
 train.schedule 'cosine' (learning_rate -> end_learning_rate over all steps, optional linear warm-up) or
 'warmup_halvings' (SOLV's released torch schedule: LinearLR from learning_rate x warmup_start_factor over
 w = int(warmup_fraction x T) steps, then ExponentialLR halving every (T - w) // halvings steps). The optimiser sees the trainable
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -36,6 +38,8 @@ def check_train_config(t: ml_collections.ConfigDict) -> list[str]:
   need(0 <= t.b1 < 1 and 0 <= t.b2 < 1, f'train.b1={t.b1}, train.b2={t.b2}; both must be in [0, 1)')
   need(t.eps > 0, f'train.eps={t.eps}; must be > 0')
   need(t.weight_decay >= 0, f'train.weight_decay={t.weight_decay}; must be >= 0')
+  need(t.get('weight_decay_mask', 'all') in ('all', 'matrices'),
+       f"train.weight_decay_mask={t.get('weight_decay_mask')!r}; choose 'all' or 'matrices'")
   need(t.grad_clip_norm >= 0, f'train.grad_clip_norm={t.grad_clip_norm}; must be >= 0 (0 = off)')
   need(t.num_train_steps > 0 or t.num_train_steps == -1,
        f'train.num_train_steps={t.num_train_steps}; use a positive number of steps, or -1 for num_epochs epochs')
@@ -89,7 +93,10 @@ def create_optimizer(t: ml_collections.ConfigDict, num_steps: int
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = create_schedule(t, num_steps)
   if t.weight_decay > 0:
-    opt = optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
+    mask = None
+    if t.get('weight_decay_mask', 'all') == 'matrices':
+      mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
+    opt = optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=mask)
   else:
     opt = optax.adam(schedule, b1=t.b1, b2=t.b2, eps=t.eps)
   if t.grad_clip_norm > 0:

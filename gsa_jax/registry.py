@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     'gsanet': 'gsa_jax.models.gsanet.model',
     'solv': 'gsa_jax.models.solv.model',
     'dpa': 'gsa_jax.models.dpa.model',
+    'betrayed': 'gsa_jax.models.betrayed.model',
 }
 
 _MODELS: dict[str, type[contract.Model]] = {}

@@ -52,14 +52,21 @@ def normalise_rgb(rgb: Any) -> Any:
   return (rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def prepare_rgb(frames: Sequence[np.ndarray], size: int) -> np.ndarray:
-  """uint8 RGB frames -> ImageNet-normalised float32 [b, size, size, 3]."""
-  return np.stack([normalise_rgb(resize(f, (size, size)).astype(np.float32)) for f in frames]).astype(np.float32)
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+  return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
-def prepare_flow(flows: Sequence[np.ndarray], size: int) -> np.ndarray:
-  """uint8 flow images -> float32 [b, size, size, 3] in [0, 1] (not normalised, as the official code)."""
-  return np.stack([resize(f, (size, size)) for f in flows]).astype(np.float32) / 255.0
+def prepare_rgb(frames: Sequence[np.ndarray], size: int | tuple[int, int]) -> np.ndarray:
+  """uint8 RGB frames -> ImageNet-normalised float32 [b, height, width, 3]; size s means s x s, or (height,
+  width)."""
+  hw = _hw(size)
+  return np.stack([normalise_rgb(resize(f, hw).astype(np.float32)) for f in frames]).astype(np.float32)
+
+
+def prepare_flow(flows: Sequence[np.ndarray], size: int | tuple[int, int]) -> np.ndarray:
+  """uint8 flow images -> float32 [b, height, width, 3] in [0, 1] (not normalised, as the official code)."""
+  hw = _hw(size)
+  return np.stack([resize(f, hw) for f in flows]).astype(np.float32) / 255.0
 
 
 # ------------------------------------------------------------------------------------------------

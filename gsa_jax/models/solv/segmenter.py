@@ -78,6 +78,7 @@ class SOLVSegmenter(_BASE):
     self.settings = model.settings
     self.image_hw = tuple(int(v) for v in m.image_size)
     self.size = self.image_hw[0]
+    self.input_hw = self.image_hw  # frames are resized once, straight to the model's (height, width)
     self.batch_size = int(batch_size)
     self.modalities = ('rgb',)
     self.rule, self.merging = m.tracking, bool(self.settings.merge_slots)
