@@ -188,3 +188,23 @@ def split_trainable(model: Model, params: Mapping[str, Any]) -> tuple[dict[str, 
 def merge_params(trainable: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict[str, Any]:
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   return traverse_util.unflatten_dict({**flatten_params(frozen), **flatten_params(trainable)})
+
+
+def transfer_encoder_backbone(model: Model, variables: Variables, source: Variables, source_meta: Mapping[str, Any],
+                              *, error: type[Exception], trained: str) -> tuple[Variables, list[str]]:
+  """train.init_from of a converted ViT backbone (scope 'backbone') into params/encoder/vit (frozen): every
+  array of the model's ViT must be in the source with its shape, or `error` lists what does not fit."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat_src = flatten_params(source['params'])
+  flat_tgt = flatten_params(variables['params']['encoder']['vit'])
+  problems = [f'{"/".join(k)}: source {np.shape(flat_src[k])}, model {tuple(flat_tgt[k].shape)}'
+              for k in flat_tgt if k in flat_src and tuple(np.shape(flat_src[k])) != tuple(flat_tgt[k].shape)]
+  problems += [f'missing {k}' for k in sorted('/'.join(k) for k in set(flat_tgt) - set(flat_src))]
+  if problems:
+    raise error(f'train.init_from ({source_meta.get("backbone")}) does not fit model.encoder='
+                f'{model.config.model.encoder}: ' + '; '.join(problems))
+  vit = traverse_util.unflatten_dict({k: np.asarray(flat_src[k], flat_tgt[k].dtype) for k in flat_tgt})
+  params = dict(variables['params'], encoder=dict(variables['params']['encoder'], vit=vit))
+  report = [f'transferred backbone {source_meta.get("backbone")} -> encoder/vit (frozen)',
+            f'left at their initial values: {trained} (trained)']
+  return dict(variables, params=params), report

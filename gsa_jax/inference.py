@@ -105,6 +105,22 @@ class Segmenter(abc.ABC):
     return {'size': self.size, 'batch_size': self.batch_size, 'modalities': list(self.modalities)}
 
 
+class ProgramCache:
+  """Compiles a segmenter's programs once per (name, argument shapes and dtypes) and adds the compile time to
+  `compile_seconds`: `self._program(name, fn, *args)` runs the compiled `fn(*args)`."""
+
+  compile_seconds: float = 0.0
+
+  def _program(self, name: str, fn: Callable, *args):
+    compiled = self.__dict__.setdefault('_compiled', {})
+    key = (name,) + tuple((np.shape(a), str(getattr(a, 'dtype', ''))) for a in jax.tree.leaves(args))
+    if key not in compiled:
+      start = time.perf_counter()
+      compiled[key] = jax.jit(fn).lower(*args).compile()
+      self.compile_seconds += time.perf_counter() - start
+    return compiled[key](*args)
+
+
 class InstanceSegmenter(Segmenter):
   """A segmenter of instance ids: `segment` returns {'ids': [batch_size, h, w] int32, optional extras}.
 

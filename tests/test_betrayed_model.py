@@ -170,3 +170,19 @@ def test_convert_the_released_checkpoint_and_a_dino_backbone(tmp_path):
   assert not np.array_equal(np.asarray(variables2['params']['block']['fc1']['kernel']),
                             params['block']['fc1']['kernel'])
   assert os.path.exists(os.path.join(out2, 'checkpoints'))
+
+
+def test_init_from_a_converted_backbone_fills_the_frozen_encoder():
+  config = defaults.get_config('betrayed')
+  model = registry.build(config)
+  shapes = jax.eval_shape(model.init, jax.random.key(0))
+  rng = np.random.default_rng(1)
+  variables = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
+  vit = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes['params']['encoder']['vit'])
+  out, report = model.transfer(variables, {'params': vit}, {'scope': 'backbone', 'backbone': 'dino_vits8'})
+  for a, b in zip(jax.tree.leaves(vit), jax.tree.leaves(out['params']['encoder']['vit'])):
+    np.testing.assert_array_equal(a, b)
+  assert not np.asarray(out['params']['block']['qkv']['kernel']).any() and 'block (trained)' in report[-1]
+  del vit['block_3']
+  with pytest.raises(errors.ConfigError, match='missing block_3/'):
+    model.transfer(variables, {'params': vit}, {'scope': 'backbone', 'backbone': 'dino_vits8'})

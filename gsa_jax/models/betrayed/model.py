@@ -124,20 +124,8 @@ class BetrayedModel(contract.Model):
     if self.config.model.encoder == config_lib.PATCH_PROJECTION:
       raise BetrayedConfigError('train.init_from is a backbone but model.encoder=patch_projection has no pretrained '
                                 'weights; use a ViT encoder (e.g. --config.model.encoder=dino_vits8).')
-    flat_src = contract.flatten_params(source['params'])
-    flat_tgt = contract.flatten_params(variables['params']['encoder']['vit'])
-    problems = [f'{"/".join(k)}: source {np.shape(flat_src[k])}, model {tuple(flat_tgt[k].shape)}'
-                for k in flat_tgt if k in flat_src and tuple(np.shape(flat_src[k])) != tuple(flat_tgt[k].shape)]
-    problems += [f'missing {"/".join(k)}' for k in sorted(set(flat_tgt) - set(flat_src))]
-    if problems:
-      raise BetrayedConfigError(f'train.init_from ({source_meta.get("backbone")}) does not fit model.encoder='
-                                f'{self.config.model.encoder}: ' + '; '.join(problems[:10]))
-    from flax import traverse_util  # pylint: disable=g-import-not-at-top
-    vit = traverse_util.unflatten_dict({k: np.asarray(flat_src[k], flat_tgt[k].dtype) for k in flat_tgt})
-    params = dict(variables['params'], encoder={'vit': vit})
-    report = [f'transferred backbone {source_meta.get("backbone")} -> encoder/vit (frozen)',
-              'left at their initial values: block (trained)']
-    return dict(variables, params=params), report
+    return contract.transfer_encoder_backbone(self, variables, source, source_meta, error=BetrayedConfigError,
+                                              trained='block')
 
   @staticmethod
   def run_demo(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any]:

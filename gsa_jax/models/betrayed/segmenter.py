@@ -59,7 +59,7 @@ def keep_largest(labels: np.ndarray, count: int) -> np.ndarray:
   return table[labels]
 
 
-class BetrayedSegmenter(inference.Segmenter):
+class BetrayedSegmenter(inference.ProgramCache, inference.Segmenter):
   """The compiled inference of a Betrayed-by-Attention model (module doc)."""
 
   def __init__(self, model: Any, variables: Mapping[str, Any], *, batch_size: int):
@@ -73,7 +73,6 @@ class BetrayedSegmenter(inference.Segmenter):
     self.batch_size = int(batch_size)
     self.modalities = ('rgb',)
     self.compile_seconds = 0.0
-    self._compiled: dict[Any, Any] = {}
     self.set_variables(variables)
 
   def describe(self) -> dict[str, Any]:
@@ -90,14 +89,6 @@ class BetrayedSegmenter(inference.Segmenter):
     if self.m.last_frame == 'copy' and num_frames > 1:
       return list(range(num_frames - 1))
     return list(range(num_frames))
-
-  def _program(self, name: str, fn, *args):
-    key = (name,) + tuple((np.shape(a), str(getattr(a, 'dtype', ''))) for a in jax.tree.leaves(args))
-    if key not in self._compiled:
-      start = time.perf_counter()
-      self._compiled[key] = jax.jit(fn).lower(*args).compile()
-      self.compile_seconds += time.perf_counter() - start
-    return self._compiled[key](*args)
 
   def _keys_fn(self, variables, images):
     if self.m.eval_normalisation == 'kinetics':  # ImageNet-normalised -> [0, 1] -> Kinetics-normalised

@@ -161,21 +161,8 @@ class SOLVModel(contract.Model):
     if self.config.model.encoder == config_lib.PATCH_PROJECTION:
       raise SOLVConfigError('train.init_from is a backbone but model.encoder=patch_projection has no pretrained '
                             'weights; use a ViT encoder (e.g. --config.model.encoder=dinov2_vitb14).')
-    target = variables['params']['encoder']['vit']
-    flat_src = contract.flatten_params(source['params'])
-    flat_tgt = contract.flatten_params(target)
-    problems = [f'{"/".join(k)}: source {np.shape(flat_src[k])}, model {tuple(flat_tgt[k].shape)}'
-                for k in flat_tgt if k in flat_src and tuple(np.shape(flat_src[k])) != tuple(flat_tgt[k].shape)]
-    missing = sorted('/'.join(k) for k in set(flat_tgt) - set(flat_src))
-    if problems or missing:
-      raise SOLVConfigError(f'train.init_from ({source_meta.get("backbone")}) does not fit model.encoder='
-                            f'{self.config.model.encoder}: ' + '; '.join(problems + [f'missing {k}' for k in missing]))
-    from flax import traverse_util  # pylint: disable=g-import-not-at-top
-    vit = traverse_util.unflatten_dict({k: np.asarray(flat_src[k], flat_tgt[k].dtype) for k in flat_tgt})
-    params = dict(variables['params'], encoder=dict(variables['params']['encoder'], vit=vit))
-    report = [f'transferred backbone {source_meta.get("backbone")} -> encoder/vit (frozen)',
-              'left at their initial values: solv (trained)']
-    return dict(variables, params=params), report
+    return contract.transfer_encoder_backbone(self, variables, source, source_meta, error=SOLVConfigError,
+                                              trained='solv')
 
   def preview(self, variables, batch):
     """Centre frame | its slot ids (all tokens, one clip per row, merging on) for two clips."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,7 +66,7 @@ def ids_at(masks: np.ndarray, track_ids: np.ndarray, height: int, width: int) ->
 _BASE = getattr(inference, 'InstanceSegmenter', inference.Segmenter)
 
 
-class SOLVSegmenter(_BASE):
+class SOLVSegmenter(inference.ProgramCache, _BASE):
   """The compiled inference of a SOLV model (module doc)."""
 
   output_kind = 'instances'
@@ -84,7 +83,6 @@ class SOLVSegmenter(_BASE):
     self.rule, self.merging = m.tracking, bool(self.settings.merge_slots)
     self.sklearn_numbering = bool(m.sklearn_numbering) and self.merging
     self.compile_seconds = 0.0
-    self._compiled: dict[Any, Any] = {}
     self.set_variables(variables)
 
   def describe(self) -> dict[str, Any]:
@@ -101,14 +99,6 @@ class SOLVSegmenter(_BASE):
 
   def context_indices(self, num_frames: int) -> list[int]:
     return list(range(num_frames))
-
-  def _program(self, name: str, fn, *args):
-    key = (name,) + tuple((np.shape(a), str(getattr(a, 'dtype', ''))) for a in jax.tree.leaves(args))
-    if key not in self._compiled:
-      start = time.perf_counter()
-      self._compiled[key] = jax.jit(fn).lower(*args).compile()
-      self.compile_seconds += time.perf_counter() - start
-    return self._compiled[key](*args)
 
   def _encode_fn(self, variables, images):
     h, w = self.image_hw
