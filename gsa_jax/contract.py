@@ -208,3 +208,17 @@ def transfer_encoder_backbone(model: Model, variables: Variables, source: Variab
   report = [f'transferred backbone {source_meta.get("backbone")} -> encoder/vit (frozen)',
             f'left at their initial values: {trained} (trained)']
   return dict(variables, params=params), report
+
+
+def conversion_config(name: str, config: Any) -> ml_collections.ConfigDict:
+  """The full config an official checkpoint of family `name` converts into: `config` when it is a full
+  config, the family's defaults updated with it when it is a model section, else the defaults."""
+  from configs import defaults  # pylint: disable=g-import-not-at-top
+  full = defaults.get_config(name)
+  if config is not None:
+    source = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+    if 'model' in source:
+      full = ml_collections.ConfigDict(source)
+    else:
+      full.model.update(source)
+  return full

@@ -147,7 +147,7 @@ class BetrayedModel(contract.Model):
   @classmethod
   def convert_official(cls, state, config):
     from gsa_jax.models.betrayed import weights  # pylint: disable=g-import-not-at-top
-    full = _full_config(config)
+    full = contract.conversion_config(cls.name, config)
     state = weights.strip_prefix({k: np.asarray(v) for k, v in state.items()})
     kind = weights.classify(state)
     variant = full.model.encoder
@@ -207,16 +207,3 @@ class BetrayedModel(contract.Model):
       return segment(variables, batch, encode(variables, batch))
 
     return {'encode': encode, 'segment': segment, 'full': full}
-
-
-def _full_config(config: Any) -> ml_collections.ConfigDict:
-  """The full config to convert into: the given one (full or model section), else the released one."""
-  from configs import defaults  # pylint: disable=g-import-not-at-top
-  full = defaults.get_config('betrayed')
-  if config is not None:
-    source = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
-    if 'model' in source:
-      full = ml_collections.ConfigDict(source)
-    else:
-      full.model.update(source)
-  return full

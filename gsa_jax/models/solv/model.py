@@ -202,7 +202,7 @@ class SOLVModel(contract.Model):
   @classmethod
   def convert_official(cls, state, config):
     from gsa_jax.models.solv import weights  # pylint: disable=g-import-not-at-top
-    full = _full_config(config)
+    full = contract.conversion_config(cls.name, config)
     state = weights.strip_prefix({k: np.asarray(v) for k, v in state.items()})
     full.model.update(_inferred_fields(state, full.model))
     problems = config_lib.check(full.model)
@@ -248,19 +248,6 @@ class SOLVModel(contract.Model):
 
 # ------------------------------------------------------------------------------------------------
 # Conversion helpers.
-
-
-def _full_config(config: Any) -> ml_collections.ConfigDict:
-  """The full config to convert into: the given one (full or model section), else the released YTVIS one."""
-  from configs import defaults  # pylint: disable=g-import-not-at-top
-  full = defaults.get_config('solv')
-  if config is not None:
-    source = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
-    if 'model' in source:
-      full = ml_collections.ConfigDict(source)
-    else:
-      full.model.update(source)
-  return full
 
 
 def _inferred_fields(state: Mapping[str, np.ndarray], model: Any) -> dict[str, Any]:
