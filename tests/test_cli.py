@@ -72,7 +72,7 @@ def test_data_and_flag_errors_are_one_line_and_verbose_adds_the_traceback(tmp_pa
 
 def test_config_errors_exit_2_and_bugs_keep_their_traceback():
   result = _run('--mode=summary', '--config=configs/gsanet_demo.py', '--config.model.name=nope')
-  _is_user_error(result, "Unknown model 'nope'", 'registered models: dpa, gsanet')
+  _is_user_error(result, "Unknown model 'nope'", 'registered models: betrayed, dpa, gsanet')
   assert 'Traceback' not in result.stderr
   bug = ('import sys; from gsa_jax import cli\n'
          'def boom(mode): raise RuntimeError("a bug")\n'

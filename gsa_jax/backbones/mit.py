@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from gsa_jax import backbones
+from gsa_jax import layers
 
 LAYER_NORM_EPS = 1e-5
 
@@ -136,15 +137,9 @@ def depthwise_conv3x3_shifted(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarra
 
   The arithmetic of a grouped convolution with feature_group_count = c, but elementwise, so XLA fuses
   it into one loop. XLA:CPU has no fast path for the grouped form: at MiT-B2's stage shapes it is 10-17x
-  slower than this (docs/benchmarks.md).
+  slower than this (docs/benchmarks.md). The backward is gsa_jax.layers.depthwise_conv3x3's.
   """
-  h, w = x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = jnp.zeros_like(x)
-  for i in range(3):
-    for j in range(3):
-      out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
-  return out
+  return layers.depthwise_conv3x3(x, kernel)
 
 
 class DepthwiseConv3x3(nn.Module):

@@ -2,6 +2,9 @@
 
   python -m gsa_jax.bench --config=configs/gsanet_davis_mitb2.py --out=bench.json [--sizes=384,512] [--sweeps]
       [--quick] [--demo_config=configs/gsanet_demo.py] [--plot=bench.png]
+  python -m gsa_jax.bench --config=configs/gsanet_davis_mitb2.py --sizes=384 --batches=1 --train_batch=2 \
+      --train_breakdown --out=train.json
+      the training step part by part, forward and backward (time share against FLOP share of each part).
   python -m gsa_jax.bench --config=configs/gsanet_davis_mitb2.py --out=flops.json --flops --notimings
       FLOPs only (lowered programs: nothing compiled, seconds instead of minutes).
   python -m gsa_jax.bench --config=... --predict_fps --sizes=384 --out=predict.json
@@ -9,6 +12,7 @@
   python -m gsa_jax.bench --vit --out=vit_bench.json [--repeats=3 --warmup=1]
       DINOv2 ViT-B/14 at 336x504 and DINO ViT-S/8 at 320x480, ours against transformers with the same
       random weights (gsa_jax.bench.vit).
+  bash scripts/bench_gpu.sh   one-shot accelerator benchmark (gsa_jax.bench.gpu).
 Results and the studies behind design choices: docs/benchmarks.md.
 """
 
@@ -58,6 +62,8 @@ _PREDICT_FPS = flags.DEFINE_bool('predict_fps', False, "Only the predict path's 
 _PREDICT_BATCH = flags.DEFINE_integer('predict_batch', 4, 'Batch of the predict path (--predict_fps).')
 _VIT = flags.DEFINE_bool('vit', False, 'Only the DINO / DINOv2 ViT forward, ours against transformers '
                          '(gsa_jax.bench.vit).')
+_TRAIN_BREAKDOWN = flags.DEFINE_bool('train_breakdown', False, 'Also the training step part by part (forward and '
+                                     'backward of each part compiled alone; minutes per size on a CPU).')
 _QUICK = flags.DEFINE_bool('quick', False, 'Few repeats, batch 1 only, training batch 1, short sweeps.')
 
 
@@ -119,7 +125,7 @@ def main(argv: Sequence[str]) -> None:
                    sweeps=_SWEEPS.value, sweep_kwargs=sweep_kwargs, full_max_batch=_FULL_MAX_BATCH.value,
                    out=_OUT.value, log=log, train_sizes=_ints(_TRAIN_SIZES.value),
                    breakdown_sizes=_ints(_BREAKDOWN_SIZES.value), peak_highest=_PEAK_HIGHEST.value,
-                   flops=_FLOPS.value, timings=_TIMINGS.value)
+                   flops=_FLOPS.value, timings=_TIMINGS.value, train_breakdown=_TRAIN_BREAKDOWN.value)
   logging.info('wrote %s', _OUT.value)
   if not _TIMINGS.value:
     return

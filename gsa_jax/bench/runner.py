@@ -7,7 +7,10 @@
   train       one jit'd step of the real trainer (gsa_jax.train.train_step, donated state): step time,
               examples/s, FLOPs per example;
   memory      host peak RSS, device peak bytes (GPU) and XLA's memory analysis of each compiled program;
-  breakdown   the model's parts compiled alone at the real shapes (contract.Model.bench_breakdown);
+  breakdown   the model's parts compiled alone at the real shapes (contract.Model.bench_breakdown); with
+              train_breakdown, the training step's parts too, forward and backward apart (a model's
+              bench_train_breakdown, e.g. GSA-Net's: backbone, MFFMs, slot branch, decoder, resizes, loss,
+              reference pass, optimiser), each part's share of the step's time against its share of FLOPs;
   sweeps      resolution, N_R, batch and the model's own knobs (contract.Model.bench_sweeps), with a plot;
   predict     predict's own code path (inference.run_video) against one full forward per frame.
 Parameters are random (values do not change the cost; GSA-Net's k-means runs a fixed number of iterations).
@@ -156,6 +159,18 @@ def bench_breakdown(model: contract.Model, variables: Any, *, batch: int, size: 
   return report
 
 
+def bench_train_breakdown(model: contract.Model, variables: Any, *, batch: int, size: int, step: dict[str, Any],
+                          repeats: int, warmup: int) -> dict[str, Any] | None:
+  """The training step's parts, forward and backward, each compiled alone (model.bench_train_breakdown), with
+  their time and FLOP shares of the measured step `step` (a bench_train result)."""
+  run = PartRunner(repeats=repeats, warmup=warmup)
+  report = model.bench_train_breakdown(variables, random_batch(model, batch, size), run,
+                                       dict(ms=1e3 * step['step_s'], flops=step.get('flops', 0.0)))
+  if report is not None:
+    report.update(batch=batch, size=size, num_refs=int(model.config.data.num_refs))
+  return report
+
+
 def bench_predict_path(config: Any, *, image_size: int = 384, num_frames: int = 8, batch_size: int = 4,
                        repeats: int = 5, warmup: int = 1) -> dict[str, Any]:
   """Frames/s of predict's model path (inference.run_video: context encoded once, batched segments) against
@@ -210,8 +225,10 @@ def bench_config(config: Any, *, name: str, size: int, batches: Sequence[int], t
                  breakdown_batches: Sequence[int], peak: float | None, repeats: int, warmup: int,
                  full_max_batch: int = 64, model_and_vars: tuple[Any, Any] | None = None,
                  log: Callable[[str], None] = print, into: list[Any] | None = None,
-                 on_step: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                 on_step: Callable[[], None] = lambda: None, train_breakdown: bool = False) -> dict[str, Any]:
   """Inference at each batch, one training step and the breakdown, for one config at one size.
+
+  train_breakdown: also the training step part by part (contract models with a bench_train_breakdown).
 
   into: a list the (growing) result is appended to first; on_step is called after every stage (so a run
   stopped part-way still leaves what it measured).
@@ -238,6 +255,12 @@ def bench_config(config: Any, *, name: str, size: int, batches: Sequence[int], t
                                repeats=max(2, repeats - 2), warmup=max(1, warmup - 1))
     on_step()
     log(f'  {res["train"]["step_s"]:.3f} s/step, {res["train"]["examples_per_s"]:.3f} ex/s')
+    if train_breakdown and hasattr(model, 'bench_train_breakdown'):
+      log(f'[{name} {size}] training-step breakdown batch {train_batch}')
+      res['train_breakdown'] = bench_train_breakdown(model, variables, batch=train_batch, size=size,
+                                                     step=res['train'], repeats=max(2, repeats - 2),
+                                                     warmup=max(1, warmup - 1))
+      on_step()
   res['breakdown'] = []
   for b in breakdown_batches:
     log(f'[{name} {size}] breakdown batch {b}')
@@ -330,7 +353,8 @@ def run_all(config: Any, *, demo_config: Any | None, sizes: Sequence[int], batch
             breakdown_batches: Sequence[int], repeats: int, warmup: int, quick: bool, sweeps: bool,
             sweep_kwargs: dict[str, Any] | None = None, full_max_batch: int = 64, out: str | None = None,
             log: Callable[[str], None] = print, train_sizes: Sequence[int] = (), breakdown_sizes: Sequence[int] = (),
-            peak_highest: bool = False, flops: bool = False, timings: bool = True) -> dict[str, Any]:
+            peak_highest: bool = False, flops: bool = False, timings: bool = True,
+            train_breakdown: bool = False) -> dict[str, Any]:
   """Everything main() does, as a function (the tests call it at a tiny size)."""
   report: dict[str, Any] = dict(env=timing.environment(), settings=dict(
       model=config.model.name, sizes=list(sizes), batches=list(batches), train_batch=train_batch,
@@ -353,7 +377,7 @@ def run_all(config: Any, *, demo_config: Any | None, sizes: Sequence[int], batch
   peak = report['matmul_peak']['f32']['flops_per_s']
   save()
   common = dict(batches=batches, peak=peak, repeats=repeats, warmup=warmup, full_max_batch=full_max_batch, log=log,
-                into=report['results'], on_step=save)
+                into=report['results'], on_step=save, train_breakdown=train_breakdown)
   if demo_config is not None:
     bench_config(demo_config, name=f'{demo_config.model.name} demo', size=demo_config.data.image_size,
                         train_batch=min(train_batch, demo_config.train.batch_size) if train_batch else 0,

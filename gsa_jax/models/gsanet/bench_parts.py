@@ -5,6 +5,10 @@ maps and output resize, which make up 'other' = segment - the parts). The slot b
 generator (k-means inside) and guided slot attention (KNN top-k inside); the full forward adds
 encode_references (2 x N_R x (backbone + MFFM1)). XLA's cost analysis counts a while-loop body once, so the
 k-means FLOPs (a fori_loop) are replaced by their analytic count, and segment / full corrected.
+
+The training step (train_breakdown, train_shares): the same parts in train mode, each compiled twice, forward
+alone and forward + backward, plus the output / slot-map resizes, the loss, the reference pass (forward only:
+its outputs are under stop_gradient) and the optimiser update; shares of the measured step's time and FLOPs.
 """
 
 from __future__ import annotations
@@ -140,3 +144,136 @@ def sweeps(model_section) -> dict[str, Callable[[Any], dict[str, Any]]]:
   """M (clusters; KNN k capped at M) and T (slot-attention iterations)."""
   return {'num_clusters': lambda m: {'num_clusters': int(m), 'knn_k': min(int(model_section.knn_k), int(m))},
           'slot_iters': lambda t: {'slot_iters': int(t)}}
+
+
+# ------------------------------------------------------------------------------------------------
+# The training step, part by part
+# ------------------------------------------------------------------------------------------------
+
+TRAIN_PARTS = ('backbone', 'mffm', 'slot_branch', 'decoder', 'resizes', 'loss', 'references', 'optimizer')
+
+
+def _fwd_bwd(f: Callable[..., Any], static: int) -> Callable[..., Any]:
+  """f(*args) -> outputs  to  (*args) -> (outputs, the cotangents of args[static:] for an all-ones output
+  cotangent); the first `static` arguments are not differentiated. The outputs are returned so that XLA keeps
+  the whole forward."""
+  def run(*args):
+    fixed = args[:static]
+    out, vjp = jax.vjp(lambda *a: f(*fixed, *a), *args[static:])
+    return out, vjp(jax.tree.map(jnp.ones_like, out))
+  return run
+
+
+def train_breakdown(module, settings: network.ModelSettings, variables, batch, run, *, loss_fn,
+                    optimizer) -> dict[str, Any]:
+  """The training step's parts, forward and forward + backward each compiled alone at the real shapes.
+
+  Runs `run(name, fn, *args, count=)` for '<part>/fwd' and '<part>/fwd_bwd' of every part in TRAIN_PARTS
+  (backward = fwd_bwd - fwd); 'references' (both streams' reference pass, no gradient) and 'optimizer'
+  (optax update + apply on every parameter) have a forward only. Gradients are taken with respect to the
+  part's own parameters and its inputs, as inside the step. loss_fn(outputs, mask) -> scalar;
+  optimizer: the optax GradientTransformation. Everything is passed as arguments (no closed-over arrays),
+  so abstract inputs (jax.ShapeDtypeStruct) give the FLOP-only path. Returns {} (the parts are in run.parts).
+  """
+  del settings
+  p = variables['params']
+  size = batch['rgb'].shape[1:3]
+  key = jax.random.key(0)
+  abstract = isinstance(jax.tree.leaves(p)[0], jax.ShapeDtypeStruct)  # the FLOP-only path: nothing runs
+  derive = lambda fn, *a: jax.eval_shape(fn, *a) if abstract else fn(*a)
+
+  def both(name, names, method, fixed, diff, count):
+    """method(module, *fixed, *diff) in train mode, differentiated with respect to the params of `names`
+    and `diff` (the other params and `fixed` held constant)."""
+    n = len(fixed)
+
+    def f(v, *args):
+      fixed_, sub, xs = args[:n], args[n], args[n + 1:]
+      out, _ = module.apply({'params': {**v['params'], **sub}, 'batch_stats': v.get('batch_stats', {})},
+                            *fixed_, *xs, method=method, mutable=['batch_stats'], rngs={'dropout': jax.random.key(1)})
+      return out
+
+    args = (variables, *fixed, {k: p[k] for k in names}, *diff)
+    out = run(f'{name}/fwd', f, *args, count=count)
+    run(f'{name}/fwd_bwd', _fwd_bwd(f, 1 + n), *args, count=count)
+    return out
+
+  feats = both('backbone', ['rgb_encoder'], lambda m, x: m.rgb_encoder(x, train=True), [batch['rgb']], [], count=2)
+  names = ['rgb_mffm4', 'rgb_mffm3', 'rgb_mffm2', 'rgb_mffm1']
+  xs = both('mffm', names, lambda m, fs: [getattr(m, k)(x, train=True) for k, x in zip(names, fs)], [],
+            [list(feats)], count=2)
+  refs = run('references/fwd', lambda v, r, fl: module.apply(v, r, fl, train=True, method='encode_references',
+                                                             mutable=['batch_stats'],
+                                                             rngs={'dropout': jax.random.key(1)})[0],
+             variables, batch['ref_rgb'], batch['ref_flow'], count=1)
+  slot_maps = ()
+  if 'rgb_slots' in p:
+    def slot_part(m, r, x3):
+      out = m.rgb_slots(x3, r, kmeans_key=key, train=True)
+      x3 = m.rgb_fusion(jnp.concatenate([x3, out['cos_agg'].astype(x3.dtype), out['cos_slots'].astype(x3.dtype)],
+                                        axis=-1))
+      return x3, out['slot_mask'][..., 0:1], out['cos_slots']
+
+    x3, coarse, cos = both('slot_branch', ['rgb_slots', 'rgb_fusion'], slot_part, [refs['rgb']], [xs[2]], count=2)
+    xs = [xs[0], xs[1], x3, xs[3]]
+    fine = derive(lambda c: ((c[..., 0:1].astype(jnp.float32) + 1) / 2, 1 - (c[..., 1:2].astype(jnp.float32) + 1) / 2),
+                  cos)
+    slot_maps = (coarse, *fine) * 2   # both streams' maps have the same shapes
+
+  def decode(m, xr, xf):
+    fused = [fuse(a, b_, train=True) for fuse, a, b_ in zip((m.fuse1, m.fuse2, m.fuse3, m.fuse4), xr, xf)]
+    return m.decoder(*fused, train=True)
+
+  side = both('decoder', ['fuse1', 'fuse2', 'fuse3', 'fuse4', 'decoder'], decode, [], [xs, xs], count=1)
+
+  def resize(side, maps):
+    up = lambda m: ops.resize_bilinear_align_corners(m.astype(jnp.float32), size)
+    return tuple(up(m) for m in side), tuple(up(m) for m in maps)
+
+  def plain(name, f, fixed, diff, count):
+    out = run(f'{name}/fwd', f, *fixed, *diff, count=count)
+    run(f'{name}/fwd_bwd', _fwd_bwd(f, len(fixed)), *fixed, *diff, count=count)
+    return out
+
+  side_up, maps_up = plain('resizes', resize, [], [tuple(side), slot_maps], count=1)
+  plain('loss', lambda mask, s, m: loss_fn({'side_logits': s, 'slot_maps': m}, mask), [batch['mask']],
+        [side_up, maps_up], count=1)
+  opt_state = jax.eval_shape(optimizer.init, p) if abstract else optimizer.init(p)
+
+  def opt(grads, state, params):
+    import optax  # pylint: disable=g-import-not-at-top
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  run('optimizer/fwd', opt, p, opt_state, p, count=1)
+  return {}
+
+
+def train_shares(parts: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
+  """Per part: forward and backward ms (x calls per step), FLOPs, time share vs FLOP share of the step.
+
+  `step`: dict(ms=, flops=) of the whole training step; 'other' = step - the parts.
+  """
+  rows = {}
+  for name in TRAIN_PARTS:
+    fwd, fb = parts.get(f'{name}/fwd'), parts.get(f'{name}/fwd_bwd')
+    if fwd is None:
+      continue
+    n = fwd['count_per_call']
+    row = dict(calls=n, fwd_ms=fwd['ms'] * n if fwd['ms'] is not None else None, fwd_flops=fwd['flops'] * n)
+    if fb is not None:
+      row['bwd_ms'] = (fb['ms'] - fwd['ms']) * n if fb['ms'] is not None else None
+      row['bwd_flops'] = (fb['flops'] - fwd['flops']) * n
+    else:
+      row['bwd_ms'], row['bwd_flops'] = 0.0, 0.0
+    row['ms'] = row['fwd_ms'] + row['bwd_ms'] if row['fwd_ms'] is not None else None
+    row['flops'] = row['fwd_flops'] + row['bwd_flops']
+    rows[name] = row
+  timed = step.get('ms') is not None
+  rows['other'] = dict(ms=step['ms'] - sum(r['ms'] for r in rows.values()) if timed else None,
+                       flops=step['flops'] - sum(r['flops'] for r in rows.values()))
+  for r in rows.values():
+    r['time_share'] = r['ms'] / step['ms'] if timed and step['ms'] else None
+    r['flop_share'] = r['flops'] / step['flops'] if step['flops'] else 0.0
+  return dict(step=step, shares=rows, parts=parts,
+              note='each part compiled alone; backward = fwd_bwd - fwd; k-means counted once by XLA (a loop)')

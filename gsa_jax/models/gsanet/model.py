@@ -208,6 +208,18 @@ class GSANetModel(contract.Model):
     extra = bench_parts.breakdown(self.module, self.settings, variables, batch, run)
     return bench_parts.shares(dict(run.parts), extra['kmeans_flops'])
 
+  def bench_train_breakdown(self, variables, batch, run, step):
+    """The training step part by part (bench_parts.train_breakdown); step: dict(ms=, flops=) of the whole step."""
+    if not self.is_video:
+      return None
+    from gsa_jax import optim  # pylint: disable=g-import-not-at-top
+    from gsa_jax.models.gsanet import bench_parts  # pylint: disable=g-import-not-at-top
+    m = self.config.model
+    loss_fn = lambda outputs, mask: losses.total_loss(outputs, mask, variant=m.loss, aux_weight=m.aux_loss_weight)[0]
+    tx, _ = optim.create_optimizer(self.config.train, 1000)
+    bench_parts.train_breakdown(self.module, self.settings, variables, batch, run, loss_fn=loss_fn, optimizer=tx)
+    return bench_parts.train_shares(dict(run.parts), step)
+
   def bench_sweeps(self):
     from gsa_jax.models.gsanet import bench_parts  # pylint: disable=g-import-not-at-top
     return bench_parts.sweeps(self.config.model) if self.is_video else {}
