@@ -8,7 +8,8 @@
         frames 0, r, 2r, ... (model.key_ratio), head-mean attention rows of windows of model.window query
         frames, the hierarchical symmetric-KL clustering at model.tau (cluster.cluster_video). Frames are
         first re-normalised with the Kinetics mean / std (model.eval_normalisation='kinetics', released).
-    segment(inputs, frame_indices, context) -> for the given frames (their pixels are not read again):
+    segment(inputs, frame_indices, context) -> the given frames' maps, made once by encode (their pixels
+    are not read again):
         'ids'   [b, gh, gw] int32  (model.output='instances') cluster + 1 for every token: every cluster,
                                    background included, is one object id, as released; model.max_instances > 0
                                    keeps that many of the largest clusters, the others 0;
@@ -40,10 +41,12 @@ from input_pipeline import frames as frames_lib
 
 @dataclasses.dataclass
 class VideoContext:
-  """One video's clustering: labels [t, gh * gw] per token, and the number of clusters."""
+  """One video's clustering: labels [t, gh * gw] per token, the number of clusters, and the output map of
+  every frame it predicts, `maps` [t', gh, gw] (ids or foreground; t' = t + 1 when the last frame copies)."""
   labels: np.ndarray
   num_clusters: int
   num_frames: int
+  maps: np.ndarray
   seconds: dict[str, float]
 
 
@@ -129,35 +132,25 @@ class BetrayedSegmenter(inference.ProgramCache, inference.Segmenter):
                                        window=int(m.window), algorithm=m.cluster_algorithm,
                                        log_eps=float(m.log_eps))
     seconds['cluster'] = time.perf_counter() - start_time
-    return VideoContext(labels=np.asarray(result.labels), num_clusters=int(result.num_clusters), num_frames=t,
+    labels = np.asarray(result.labels)
+    gh, gw = self.grid
+    if self.output_kind == 'binary':
+      from gsa_jax.models.betrayed import foreground as foreground_lib  # pylint: disable=g-import-not-at-top
+      maps = foreground_lib.foreground_mask(labels, (gh, gw), rule=m.foreground_rule).astype(np.float32)
+    else:
+      maps = keep_largest(labels, int(m.max_instances)).reshape(t, gh, gw)
+    if m.last_frame == 'copy':  # the released copy of frame L - 2 for the dropped last frame
+      maps = np.concatenate([maps, maps[-1:]])
+    return VideoContext(labels=labels, num_clusters=int(result.num_clusters), num_frames=t, maps=maps,
                         seconds=seconds)
-
-  def _frame_labels(self, context: VideoContext, frame: int) -> np.ndarray | None:
-    if frame < context.num_frames:
-      return context.labels[frame]
-    if self.m.last_frame == 'copy' and frame == context.num_frames:  # the released copy of frame L - 2
-      return context.labels[frame - 1]
-    return None
 
   def segment(self, inputs, frame_indices, context: VideoContext, *, extras=False):
     del inputs, extras
-    gh, gw = self.grid
     indices = np.asarray(frame_indices, np.int64)
-    if self.output_kind == 'binary':
-      from gsa_jax.models.betrayed import foreground as foreground_lib  # pylint: disable=g-import-not-at-top
-      fg = foreground_lib.foreground_mask(context.labels, (gh, gw), rule=self.m.foreground_rule)  # [t gh gw]
-      prob = np.zeros((indices.size, gh, gw), np.float32)
-      for i, frame in enumerate(indices):
-        source = frame if frame < context.num_frames else context.num_frames - 1
-        if self._frame_labels(context, int(frame)) is not None:
-          prob[i] = fg[source]
-      return {'prob': prob}
-    ids_all = keep_largest(context.labels, int(self.m.max_instances))
-    ids = np.zeros((indices.size, gh, gw), np.int32)
-    for i, frame in enumerate(indices):
-      if self._frame_labels(context, int(frame)) is not None:
-        ids[i] = ids_all[min(int(frame), context.num_frames - 1)].reshape(gh, gw)
-    return {'ids': ids}
+    out = np.zeros((indices.size,) + context.maps.shape[1:], context.maps.dtype)
+    known = indices < context.maps.shape[0]
+    out[known] = context.maps[indices[known]]
+    return {'prob' if self.output_kind == 'binary' else 'ids': out}
 
   def frame_ids(self, outputs: Mapping[str, np.ndarray], height: int, width: int) -> np.ndarray:
     """Ids [gh, gw] -> [height, width] with source index floor(dst * in / out) (torch 'nearest')."""
