@@ -90,8 +90,8 @@ def remove_black_borders(image):
   return tf.cond(has_content, lambda: image[top:bottom, left:right], lambda: image)
 
 
-def check_clip_config(data_config) -> None:
-  """Raises ConfigError naming every bad clip field (stride, fit, augmentation)."""
+def clip_config_problems(data_config) -> list[str]:
+  """Every problem of the clip fields (stride, fit, augmentation), each naming its field; [] when valid."""
   d = data_config
   problems = []
   if int(d.clip_half_window) < 0:
@@ -106,6 +106,12 @@ def check_clip_config(data_config) -> None:
     kh, kw = clip_augment.blur_kernel_size(*(int(s) for s in d.clip_size))
     if kh // 2 >= int(d.clip_size[0]) or kw // 2 >= int(d.clip_size[1]):
       problems.append(f'data.clip_size={tuple(d.clip_size)} is too small for the blur kernel {kh}x{kw}.')
+  return problems
+
+
+def check_clip_config(data_config) -> None:
+  """Raises ConfigError naming every bad clip field (clip_config_problems)."""
+  problems = clip_config_problems(data_config)
   if problems:
     raise errors.ConfigError(' '.join(problems))
 

@@ -16,7 +16,6 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from gsa_jax import errors
 from input_pipeline import datasets
 from input_pipeline import pipeline
 
@@ -42,10 +41,7 @@ def check_data_config(d: ml_collections.ConfigDict, roles: Sequence[str]) -> lis
        f'data.test_reference_rule={d.test_reference_rule!r}; valid: {pipeline.REFERENCE_RULES}')
   need(d.check in CHECKS, f'data.check={d.check!r}; valid: {CHECKS}')
   from input_pipeline import clips  # pylint: disable=g-import-not-at-top
-  try:
-    clips.check_clip_config(d)
-  except errors.ConfigError as e:
-    problems.append(str(e))
+  problems += clips.clip_config_problems(d)
   need(d.crop_border >= 0, f'data.crop_border={d.crop_border}; must be >= 0')
   need(0 <= d.crop_border_fraction < 0.5, f'data.crop_border_fraction={d.crop_border_fraction}; must be in [0, 0.5)')
   need(0 <= d.rotation_prob <= 1, f'data.rotation_prob={d.rotation_prob}; must be in [0, 1]')
